@@ -1,0 +1,7 @@
+"""SQLAlchemy sessions scoped to the Flask or Quart app context, sync and async."""
+
+from ._async import async_scoped_session
+from ._proxy import current_session
+from ._sync import flask_scoped_session
+
+__all__ = ["async_scoped_session", "current_session", "flask_scoped_session"]

@@ -1,0 +1,90 @@
+"""Per-app state: which scoped sessions an app has, and its one shared teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import typing as t
+from dataclasses import dataclass, field
+
+from ._teardown import flask_teardown, quart_teardown
+
+if t.TYPE_CHECKING:
+    from flask.sansio.app import App
+
+    from ._async import async_scoped_session
+    from ._sync import flask_scoped_session
+
+EXTENSION_KEY = "async_scoped_session_ext"
+
+
+def is_quart_app(app: App) -> bool:
+    """Whether *app* is a Quart app (checked without importing Quart)."""
+    quart_app = sys.modules.get("quart.app")
+    return quart_app is not None and isinstance(app, quart_app.Quart)
+
+
+@dataclass(eq=False)
+class AppState:
+    """What one app knows of this library, stored in ``app.extensions``."""
+
+    is_quart: bool
+    scoped: list[flask_scoped_session[t.Any] | async_scoped_session[t.Any]] = field(
+        default_factory=list
+    )
+    sync_default: flask_scoped_session[t.Any] | None = None
+    async_default: async_scoped_session[t.Any] | None = None
+
+    def default_session(
+        self,
+    ) -> flask_scoped_session[t.Any] | async_scoped_session[t.Any]:
+        """The scoped session ``current_session`` stands for right now.
+
+        With one kind configured, that one. With both, the async one when an event loop is
+        running in this thread (Quart and Flask async views), the sync one otherwise (sync
+        views, including Quart's, which run in a worker thread).
+        """
+        if self.async_default is None:
+            return t.cast("flask_scoped_session[t.Any]", self.sync_default)
+        if self.sync_default is None:
+            return self.async_default
+        return self.async_default if _loop_running() else self.sync_default
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def get_state(app: App) -> AppState | None:
+    """Return the app's state, or ``None`` if no scoped session was initialised on it."""
+    return t.cast("AppState | None", app.extensions.get(EXTENSION_KEY))
+
+
+def register(
+    app: App, scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any]
+) -> AppState:
+    """Attach *scoped* to *app*, registering the app's shared teardown the first time."""
+    state = get_state(app)
+    if state is None:
+        state = AppState(is_quart=is_quart_app(app))
+        app.extensions[EXTENSION_KEY] = state
+        if state.is_quart:
+            app.teardown_appcontext(quart_teardown(state.scoped))
+        else:
+            app.teardown_appcontext(flask_teardown(state.scoped))
+    if any(existing is scoped for existing in state.scoped):
+        raise RuntimeError(
+            f"This {type(scoped).__name__} is already initialised on {app!r}. 'init_app'"
+            " must be called once per app: pass the app to the constructor or call"
+            " 'init_app(app)', not both, and call it only once in your app factory."
+        )
+    state.scoped.append(scoped)
+    if scoped.is_async:
+        state.async_default = t.cast("async_scoped_session[t.Any]", scoped)
+    else:
+        state.sync_default = t.cast("flask_scoped_session[t.Any]", scoped)
+    return state

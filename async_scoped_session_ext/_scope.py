@@ -1,0 +1,77 @@
+"""The scope key (the current app context object) and the weak registry keyed by it."""
+
+from __future__ import annotations
+
+import sys
+import typing as t
+import weakref
+
+from sqlalchemy.util import ScopedRegistry
+
+_T = t.TypeVar("_T")
+
+# Where each framework keeps its current app context. Quart is checked first: a Quart app
+# never sets Flask's variable, and a module that was never imported holds no context.
+_CONTEXT_MODULES = ("quart.globals", "flask.globals")
+
+NO_APP_CONTEXT_MESSAGE = """\
+Working outside of application context.
+
+This code tried to use a scoped SQLAlchemy session, which lives as long as the current
+Flask or Quart application context, but no application context is pushed. To solve this,
+set up an app context using 'with app.app_context()' (Flask) or
+'async with app.app_context()' (Quart), or run the code inside a request, a CLI command or
+'flask shell' / 'quart shell'.\
+"""
+
+
+class AppContextLike(t.Protocol):
+    """What the library needs of a Flask or Quart ``AppContext``."""
+
+    @property
+    def app(self) -> t.Any: ...
+
+
+def current_app_context() -> AppContextLike | None:
+    """Return the innermost pushed Quart or Flask app context object, or ``None``."""
+    for name in _CONTEXT_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            ctx = module._cv_app.get(None)
+            if ctx is not None:
+                return t.cast(AppContextLike, ctx)
+    return None
+
+
+def scope_key() -> AppContextLike:
+    """The scope function: the current app context object itself.
+
+    Keying on the object (not its ``id()``) means a later context can never be handed the
+    session of an earlier one whose teardown was skipped.
+    """
+    ctx = current_app_context()
+    if ctx is None:
+        raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
+    return ctx
+
+
+class ContextRegistry(ScopedRegistry[_T]):
+    """A :class:`~sqlalchemy.util.ScopedRegistry` keyed by the app context object.
+
+    Entries are held in a :class:`weakref.WeakKeyDictionary`: an entry whose teardown never
+    ran disappears with its context instead of pinning it (and its session) in memory.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, createfunc: t.Callable[[], _T]) -> None:
+        super().__init__(createfunc, scope_key)
+        self.registry = weakref.WeakKeyDictionary()
+
+    def pop(self) -> _T | None:
+        """Remove and return the current context's object, or ``None`` if it has none."""
+        popped: _T | None = self.registry.pop(self.scopefunc(), None)
+        return popped
+
+    def __len__(self) -> int:
+        return len(self.registry)

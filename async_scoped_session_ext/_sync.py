@@ -1,0 +1,57 @@
+"""``flask_scoped_session``: a sync ``scoped_session`` scoped to the Flask app context."""
+
+from __future__ import annotations
+
+import typing as t
+
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from ._app import register
+from ._scope import ContextRegistry, scope_key
+
+if t.TYPE_CHECKING:
+    from flask.sansio.app import App
+
+_S = t.TypeVar("_S", bound=Session)
+
+
+class flask_scoped_session(scoped_session[_S]):
+    """A :class:`~sqlalchemy.orm.scoped_session` whose scope is the current app context.
+
+    A drop-in replacement for Flask-SQLAlchemy-Session 1.1: every app context (so every
+    request, CLI command or hand-pushed ``with app.app_context()``) gets its own
+    :class:`~sqlalchemy.orm.Session`, and :meth:`remove` is called once when the context is
+    torn down, which rolls back uncommitted work and returns the connection to the pool.
+
+    :param session_factory: a :class:`~sqlalchemy.orm.sessionmaker` (or any callable
+        returning a :class:`~sqlalchemy.orm.Session`).
+    :param app: a Flask (or Quart) app; when given, :meth:`init_app` is called with it.
+    """
+
+    is_async: t.ClassVar[bool] = False
+    registry: ContextRegistry[_S]
+
+    def __init__(self, session_factory: sessionmaker[_S], app: App | None = None) -> None:
+        super().__init__(session_factory, scopefunc=scope_key)
+        self.registry = ContextRegistry(session_factory)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: App) -> None:
+        """Scope sessions to *app*'s contexts and remove them at context teardown.
+
+        Sets ``app.scoped_session`` to this object, as Flask-SQLAlchemy-Session did.
+        """
+        register(app, self)
+        # Flask-SQLAlchemy-Session's public attribute; an app has no type for it.
+        app.scoped_session = self  # type: ignore[attr-defined]
+
+    def remove(self) -> None:
+        """Close and forget the current context's session, if it has one.
+
+        The session leaves the registry before it is closed, so a failing close can never
+        leave a broken session behind for the next user of the context.
+        """
+        session = self.registry.pop()
+        if session is not None:
+            session.close()

@@ -1,0 +1,138 @@
+"""Shared fixtures: real database backends, apps, and the autouse leak detector."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import functools
+import os
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from async_scoped_session_ext._scope import ContextRegistry
+
+from .models import Base
+
+POSTGRES_URL = os.environ.get("ASSE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+SYNC_BACKENDS = ["sqlite", "postgresql"]
+ASYNC_BACKENDS = ["aiosqlite", "asyncpg"]
+
+
+@functools.cache
+def _postgres_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used, or ``None`` when it answers."""
+    import psycopg
+
+    url = make_url(POSTGRES_URL)
+    try:
+        psycopg.connect(
+            host=url.host or "127.0.0.1",
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password,
+            dbname=url.database or "test",
+            connect_timeout=3,
+        ).close()
+    except psycopg.OperationalError as error:
+        return f"PostgreSQL at {POSTGRES_URL!r} (ASSE_POSTGRES_URL) does not answer: {error}"
+    return None
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (with CI=true) when PostgreSQL is not reachable."""
+    reason = _postgres_unavailable()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"CI=true needs PostgreSQL, but: {reason}")
+        pytest.skip(reason)
+
+
+def postgres_url(driver: str) -> str:
+    """The PostgreSQL URL with *driver* (``psycopg`` or ``asyncpg``)."""
+    return make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}").render_as_string(
+        hide_password=False
+    )
+
+
+def database_url(backend: str, tmp_path: Path) -> str:
+    """A URL for *backend*: a file SQLite database in *tmp_path*, or PostgreSQL."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if backend == "aiosqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    require_postgres()
+    return postgres_url("psycopg" if backend == "postgresql" else "asyncpg")
+
+
+@pytest.fixture(params=SYNC_BACKENDS)
+def sync_backend(request: pytest.FixtureRequest) -> str:
+    """A sync backend: pysqlite or PostgreSQL through psycopg."""
+    return t.cast(str, request.param)
+
+
+@pytest.fixture(params=ASYNC_BACKENDS)
+def async_backend(request: pytest.FixtureRequest) -> str:
+    """An async backend: aiosqlite or PostgreSQL through asyncpg."""
+    return t.cast(str, request.param)
+
+
+@pytest.fixture
+def sync_engine(sync_backend: str, tmp_path: Path) -> cabc.Iterator[Engine]:
+    """An engine with fresh tables; afterwards no connection may be checked out."""
+    engine = create_engine(database_url(sync_backend, tmp_path))
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    try:
+        yield engine
+        assert engine.pool.checkedout() == 0, "a connection was left checked out"  # type: ignore[attr-defined]
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+@pytest.fixture
+async def async_engine(async_backend: str, tmp_path: Path) -> cabc.AsyncIterator[AsyncEngine]:
+    """An async engine with fresh tables, on the test's own event loop."""
+    engine = create_async_engine(database_url(async_backend, tmp_path))
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+    try:
+        yield engine
+        assert engine.pool.checkedout() == 0, "a connection was left checked out"  # type: ignore[attr-defined]
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+        await engine.dispose()
+
+
+def _pushed_contexts() -> list[object]:
+    pushed = []
+    for name in ("flask.globals", "quart.globals"):
+        module = sys.modules.get(name)
+        if module is not None and module._cv_app.get(None) is not None:
+            pushed.append(module._cv_app.get())
+    return pushed
+
+
+@pytest.fixture(autouse=True)
+def leak_detector(monkeypatch: pytest.MonkeyPatch) -> cabc.Iterator[None]:
+    """Fail a test that leaves an app context pushed or a session registered."""
+    registries: list[ContextRegistry[t.Any]] = []
+    original_init = ContextRegistry.__init__
+
+    def tracking_init(self: ContextRegistry[t.Any], createfunc: t.Callable[[], t.Any]) -> None:
+        original_init(self, createfunc)
+        registries.append(self)
+
+    monkeypatch.setattr(ContextRegistry, "__init__", tracking_init)
+    yield
+    assert _pushed_contexts() == [], "the test left an app context pushed"
+    left = [len(registry) for registry in registries if len(registry)]
+    assert left == [], "the test left sessions registered (a teardown did not run)"
