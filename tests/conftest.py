@@ -55,8 +55,10 @@ def require_postgres() -> None:
 
 def postgres_url(driver: str) -> str:
     """The PostgreSQL URL with *driver* (``psycopg`` or ``asyncpg``)."""
-    return make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}").render_as_string(
-        hide_password=False
+    return (
+        make_url(POSTGRES_URL)
+        .set(drivername=f"postgresql+{driver}")
+        .render_as_string(hide_password=False)
     )
 
 
