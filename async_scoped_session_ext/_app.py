@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import typing as t
 from dataclasses import dataclass, field
 
+from ._runner import loop_running
 from ._teardown import flask_teardown, quart_teardown
 
 if t.TYPE_CHECKING:
@@ -34,6 +34,8 @@ class AppState:
     )
     sync_default: flask_scoped_session[t.Any] | None = None
     async_default: async_scoped_session[t.Any] | None = None
+    #: Flask only: whether the app's async code runs on the library's shared loop.
+    shared_loop: bool = False
 
     def default_session(
         self,
@@ -48,15 +50,7 @@ class AppState:
             return t.cast("flask_scoped_session[t.Any]", self.sync_default)
         if self.sync_default is None:
             return self.async_default
-        return self.async_default if _loop_running() else self.sync_default
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+        return self.async_default if loop_running() else self.sync_default
 
 
 def get_state(app: App) -> AppState | None:

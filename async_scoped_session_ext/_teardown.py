@@ -6,6 +6,8 @@ import asyncio
 import logging
 import typing as t
 
+from ._runner import runner
+
 if t.TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +17,7 @@ logger = logging.getLogger("async_scoped_session_ext")
 class Removable(t.Protocol):
     """A scoped session as the teardown sees it: ``remove()`` may return an awaitable."""
 
-    def remove(self) -> t.Awaitable[None] | None: ...
+    def remove(self) -> t.Coroutine[t.Any, t.Any, None] | None: ...
 
 
 def _log_failure(scoped: Removable) -> None:
@@ -30,12 +32,18 @@ def _log_failure(scoped: Removable) -> None:
 def flask_teardown(
     scoped_sessions: t.Sequence[Removable],
 ) -> t.Callable[[BaseException | None], None]:
-    """Build the sync teardown registered once on a Flask app."""
+    """Build the sync teardown registered once on a Flask app.
+
+    An async session is closed on the shared loop it was used on (see ``_runner``); a sync
+    app never reaches that branch, so it starts no thread and no event loop.
+    """
 
     def _remove_scoped_sessions(exc: BaseException | None) -> None:
         for scoped in scoped_sessions:
             try:
-                scoped.remove()
+                pending = scoped.remove()
+                if pending is not None:
+                    runner.run_soon(pending)
             except Exception:
                 _log_failure(scoped)
 

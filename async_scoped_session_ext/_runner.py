@@ -1,0 +1,158 @@
+"""One long-lived event loop per process, in a daemon thread, for Flask's async code.
+
+Flask runs each async view, hook and teardown through asgiref on a new event loop, and
+pooled async connections (asyncpg) are bound to the loop that opened them. Running all of an
+app's async code on this one loop instead lets a pooled ``AsyncEngine`` work across requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import functools
+import logging
+import os
+import threading
+import typing as t
+import weakref
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+_T = t.TypeVar("_T")
+logger = logging.getLogger("async_scoped_session_ext")
+
+DEADLOCK_MESSAGE = """\
+Cannot wait for a coroutine from the shared event loop's own thread: it would wait forever.
+This happens when sync code that blocks on async work (a sync app-context teardown, or
+'run(...)') is called from inside an async view. Await the coroutine instead.\
+"""
+
+
+def loop_running() -> bool:
+    """Whether an event loop is running in the calling thread."""
+    return asyncio._get_running_loop() is not None
+
+
+class LoopRunner:
+    """Runs coroutines on one event loop in a daemon thread, started lazily per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._engines: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
+        self._background: set[asyncio.Task[t.Any]] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop of this process, started on first use (again after a fork)."""
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._start()
+            return t.cast(asyncio.AbstractEventLoop, self._loop)
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, name="async_scoped_session_ext", daemon=True)
+        thread.start()
+        ready.wait()
+        self._loop, self._thread, self._pid = loop, thread, os.getpid()
+
+    def is_loop_thread(self) -> bool:
+        """Whether the caller runs in the loop's own thread."""
+        return self._thread is threading.current_thread() and self._pid == os.getpid()
+
+    def owns_running_loop(self) -> bool:
+        """Whether the caller runs on this process's shared loop."""
+        loop = self._loop
+        return loop is not None and asyncio._get_running_loop() is loop and self._pid == os.getpid()
+
+    def run(self, coro: t.Coroutine[t.Any, t.Any, _T]) -> _T:
+        """Run *coro* on the loop and wait for its result in the calling thread.
+
+        The coroutine sees a copy of the caller's context variables (so the Flask app and
+        request context). If the caller is interrupted while waiting, the coroutine is
+        cancelled.
+        """
+        if self.is_loop_thread():
+            coro.close()
+            raise RuntimeError(DEADLOCK_MESSAGE)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def run_soon(self, coro: t.Coroutine[t.Any, t.Any, t.Any]) -> None:
+        """Run *coro* on the loop without waiting; from the loop thread it becomes a task."""
+        if self.is_loop_thread():
+            task = self.loop.create_task(coro)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            self.run(coro)
+
+    def async_to_sync(
+        self, func: t.Callable[..., t.Coroutine[t.Any, t.Any, _T]]
+    ) -> t.Callable[..., _T]:
+        """A drop-in for ``Flask.async_to_sync`` that runs *func* on the shared loop."""
+
+        @functools.wraps(func)
+        def run_on_shared_loop(*args: t.Any, **kwargs: t.Any) -> _T:
+            return self.run(func(*args, **kwargs))
+
+        return run_on_shared_loop
+
+    def dispose_at_exit(self, engine: AsyncEngine) -> None:
+        """Dispose *engine* on the loop when the interpreter exits (or the runner stops)."""
+        self._engines.add(engine)
+
+    def stop(self) -> None:
+        """Dispose the registered engines on the loop, then stop and close it."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            if loop is None or self._pid != os.getpid():
+                return
+            if loop.is_running():
+                for engine in list(self._engines):
+                    future = asyncio.run_coroutine_threadsafe(engine.dispose(), loop)
+                    try:
+                        future.result(timeout=10)
+                    except (Exception, concurrent.futures.TimeoutError):
+                        logger.exception("Disposing %r at shutdown failed.", engine)
+                loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()
+            self._loop = self._thread = None
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's loop thread does not exist here, and its pooled connections belong
+        # to the parent: forget both without closing what the parent still uses.
+        self._lock = threading.Lock()
+        self._loop = self._thread = None
+        self._background = set()
+        for engine in list(self._engines):
+            engine.sync_engine.dispose(close=False)
+
+
+runner = LoopRunner()
+"""The process's shared loop runner."""
+
+atexit.register(runner.stop)
+os.register_at_fork(after_in_child=runner._after_fork_in_child)

@@ -1,0 +1,191 @@
+"""The shared event loop that Flask's async code runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextvars
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from async_scoped_session_ext._runner import LoopRunner
+
+from .conftest import postgres_url, require_postgres
+
+marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
+
+
+@pytest.fixture
+def loop_runner() -> collections.abc.Iterator[LoopRunner]:
+    """A private runner, stopped after the test."""
+    runner = LoopRunner()
+    yield runner
+    runner.stop()
+
+
+def test_starts_lazily(loop_runner: LoopRunner) -> None:
+    """No thread or loop exists until the first coroutine runs."""
+    threads = threading.active_count()
+    assert loop_runner._thread is None
+    assert loop_runner.run(asyncio.sleep(0, "done")) == "done"
+    assert threading.active_count() == threads + 1
+
+
+def test_caller_context_is_visible(loop_runner: LoopRunner) -> None:
+    """The coroutine sees the caller's context variables."""
+
+    async def read() -> str:
+        return marker.get()
+
+    token = marker.set("from the caller")
+    try:
+        assert loop_runner.run(read()) == "from the caller"
+    finally:
+        marker.reset(token)
+
+
+def test_one_loop_for_every_call(loop_runner: LoopRunner) -> None:
+    """All calls, from any thread, run on the same loop in the same thread."""
+
+    async def where() -> tuple[int, int]:
+        return id(asyncio.get_running_loop()), threading.get_ident()
+
+    seen = {loop_runner.run(where()) for _ in range(3)}
+    results: list[tuple[int, int]] = []
+    workers = [
+        threading.Thread(target=lambda: results.append(loop_runner.run(where()))) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=10)
+    assert len(seen | set(results)) == 1
+
+
+def test_exceptions_propagate(loop_runner: LoopRunner) -> None:
+    """An exception in the coroutine is raised in the caller."""
+
+    async def fail() -> None:
+        raise LookupError("from the loop")
+
+    with pytest.raises(LookupError, match="from the loop"):
+        loop_runner.run(fail())
+
+
+def test_interrupt_cancels_the_coroutine(loop_runner: LoopRunner) -> None:
+    """An interrupt in the waiting caller cancels the coroutine on the loop."""
+    cancelled = threading.Event()
+
+    async def long() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop_runner.run(long())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert cancelled.wait(5)
+
+
+def test_waiting_from_the_loop_thread_raises(loop_runner: LoopRunner) -> None:
+    """Blocking on the loop from its own thread raises instead of deadlocking."""
+
+    async def nested() -> None:
+        loop_runner.run(asyncio.sleep(0))
+
+    with pytest.raises(RuntimeError, match="would wait forever"):
+        loop_runner.run(nested())
+
+
+def test_run_soon_from_the_loop_thread_schedules(loop_runner: LoopRunner) -> None:
+    """run_soon() from the loop thread schedules the coroutine instead of blocking."""
+    done = threading.Event()
+
+    async def mark() -> None:
+        done.set()
+
+    async def caller() -> None:
+        loop_runner.run_soon(mark())
+
+    loop_runner.run(caller())
+    assert done.wait(5)
+
+
+def test_forked_child_starts_its_own_loop(loop_runner: LoopRunner) -> None:
+    """A forked child gets a new loop thread; the parent's loop keeps working."""
+
+    async def thread_id() -> int:
+        return threading.get_ident()
+
+    parent_thread = loop_runner.run(thread_id())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            loop_runner._after_fork_in_child()
+            child_thread = loop_runner.run(thread_id())
+            os.write(write_end, f"{child_thread}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child_output = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_output and int(child_output) != 0
+    assert loop_runner.run(thread_id()) == parent_thread
+
+
+def test_engines_are_disposed_at_exit() -> None:
+    """At interpreter exit the shared loop disposes the engines of Flask apps."""
+    require_postgres()
+    script = textwrap.dedent(
+        f"""
+        from flask import Flask
+        from sqlalchemy import event, text
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+        from async_scoped_session_ext import async_scoped_session, current_session
+
+        engine = create_async_engine({postgres_url("asyncpg")!r})
+        event.listen(engine.sync_engine.pool, "close", lambda *a: print("pool closed a connection"))
+        app = Flask(__name__)
+        async_scoped_session(async_sessionmaker(engine), app)
+
+        @app.get("/")
+        async def view():
+            return str((await current_session.execute(text("select 1"))).scalar_one())
+
+        print("response", app.test_client().get("/").text)
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "response 1" in result.stdout
+    assert "pool closed a connection" in result.stdout, "the engine was not disposed at exit"
+    assert result.stderr == ""
+    assert time.monotonic() - started < 60
