@@ -7,6 +7,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ._runner import loop_running
+from ._scope import AppContextLike
 from ._teardown import flask_teardown, quart_teardown
 
 if t.TYPE_CHECKING:
@@ -56,6 +57,24 @@ class AppState:
 def get_state(app: App) -> AppState | None:
     """Return the app's state, or ``None`` if no scoped session was initialised on it."""
     return t.cast("AppState | None", app.extensions.get(EXTENSION_KEY))
+
+
+def require_initialised(
+    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any], ctx: AppContextLike
+) -> None:
+    """Refuse to open a session in a context whose app does not know *scoped*.
+
+    Without this, the session would never be removed: only an app's own teardown removes
+    its sessions.
+    """
+    state = get_state(ctx.app)
+    if state is None or not any(existing is scoped for existing in state.scoped):
+        raise RuntimeError(
+            f"This {type(scoped).__name__} is not initialised on the current app"
+            f" {ctx.app!r}, so nothing would ever close its sessions here. Did you forget to"
+            " call 'init_app(app)' in your app factory, or is this session object meant for"
+            " another app?"
+        )
 
 
 def register(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
 
-from ._app import get_state, register
+from ._app import get_state, register, require_initialised
 from ._runner import loop_running, runner
 from ._scope import ContextRegistry, scope_key
 from ._teardown import close_to_completion
@@ -72,7 +73,9 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         shared_loop: bool = True,
     ) -> None:
         super().__init__(session_factory, scopefunc=scope_key)
-        self.registry = ContextRegistry(session_factory)
+        self.registry = ContextRegistry(
+            session_factory, functools.partial(require_initialised, self)
+        )
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
         if app is not None:

@@ -60,13 +60,33 @@ class ContextRegistry(ScopedRegistry[_T]):
 
     Entries are held in a :class:`weakref.WeakKeyDictionary`: an entry whose teardown never
     ran disappears with its context instead of pinning it (and its session) in memory.
+    ``on_new_scope`` is called with the context before an object is stored for it, and may
+    refuse by raising.
     """
 
-    __slots__ = ()
+    __slots__ = ("on_new_scope",)
 
-    def __init__(self, createfunc: t.Callable[[], _T]) -> None:
+    def __init__(
+        self,
+        createfunc: t.Callable[[], _T],
+        on_new_scope: t.Callable[[AppContextLike], None],
+    ) -> None:
         super().__init__(createfunc, scope_key)
         self.registry = weakref.WeakKeyDictionary()
+        self.on_new_scope = on_new_scope
+
+    def __call__(self) -> _T:
+        key = self.scopefunc()
+        try:
+            return t.cast(_T, self.registry[key])
+        except KeyError:
+            self.on_new_scope(key)
+            return t.cast(_T, self.registry.setdefault(key, self.createfunc()))
+
+    def set(self, obj: _T) -> None:
+        key = self.scopefunc()
+        self.on_new_scope(key)
+        self.registry[key] = obj
 
     def pop(self) -> _T | None:
         """Remove and return the current context's object, or ``None`` if it has none."""

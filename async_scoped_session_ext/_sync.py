@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from ._app import register
+from ._app import register, require_initialised
 from ._scope import ContextRegistry, scope_key
 
 if t.TYPE_CHECKING:
@@ -31,9 +32,16 @@ class flask_scoped_session(scoped_session[_S]):
     is_async: t.ClassVar[bool] = False
     registry: ContextRegistry[_S]
 
-    def __init__(self, session_factory: sessionmaker[_S], app: App | None = None) -> None:
-        super().__init__(session_factory, scopefunc=scope_key)
-        self.registry = ContextRegistry(session_factory)
+    def __init__(
+        self,
+        session_factory: sessionmaker[_S] | t.Callable[[], _S],
+        app: App | None = None,
+    ) -> None:
+        # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
+        super().__init__(t.cast("sessionmaker[_S]", session_factory), scopefunc=scope_key)
+        self.registry = ContextRegistry(
+            session_factory, functools.partial(require_initialised, self)
+        )
         if app is not None:
             self.init_app(app)
 

@@ -10,7 +10,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from async_scoped_session_ext._scope import ContextRegistry
@@ -24,24 +24,61 @@ SYNC_BACKENDS = ["sqlite", "postgresql"]
 ASYNC_BACKENDS = ["aiosqlite", "asyncpg"]
 
 
+def _connect_admin(**kwargs: t.Any) -> t.Any:
+    import psycopg
+
+    url = make_url(POSTGRES_URL)
+    return psycopg.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        dbname=url.database or "test",
+        connect_timeout=3,
+        **kwargs,
+    )
+
+
 @functools.cache
 def _postgres_unavailable() -> str | None:
     """Why PostgreSQL cannot be used, or ``None`` when it answers."""
     import psycopg
 
-    url = make_url(POSTGRES_URL)
     try:
-        psycopg.connect(
-            host=url.host or "127.0.0.1",
-            port=url.port or 5432,
-            user=url.username or "postgres",
-            password=url.password,
-            dbname=url.database or "test",
-            connect_timeout=3,
-        ).close()
+        _connect_admin().close()
     except psycopg.OperationalError as error:
         return f"PostgreSQL at {POSTGRES_URL!r} (ASSE_POSTGRES_URL) does not answer: {error}"
     return None
+
+
+_created_databases: list[str] = []
+
+
+@functools.cache
+def _test_database_url() -> URL:
+    """A database of this test process's own, so parallel runs cannot drop each other's tables.
+
+    Falls back to the configured database when the user may not create databases.
+    """
+    import psycopg
+
+    base = make_url(POSTGRES_URL)
+    name = f"{base.database or 'test'}_asse_{os.getpid()}"
+    try:
+        with _connect_admin(autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # a crashed run's leftover
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.errors.InsufficientPrivilege:
+        return base
+    _created_databases.append(name)
+    return base.set(database=name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the databases this process created."""
+    for name in _created_databases:
+        with _connect_admin(autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def require_postgres() -> None:
@@ -54,9 +91,9 @@ def require_postgres() -> None:
 
 
 def postgres_url(driver: str) -> str:
-    """The PostgreSQL URL with *driver* (``psycopg`` or ``asyncpg``)."""
+    """The test database's URL with *driver* (``psycopg`` or ``asyncpg``)."""
     return (
-        make_url(POSTGRES_URL)
+        _test_database_url()
         .set(drivername=f"postgresql+{driver}")
         .render_as_string(hide_password=False)
     )
@@ -129,8 +166,8 @@ def leak_detector(monkeypatch: pytest.MonkeyPatch) -> cabc.Iterator[None]:
     registries: list[ContextRegistry[t.Any]] = []
     original_init = ContextRegistry.__init__
 
-    def tracking_init(self: ContextRegistry[t.Any], createfunc: t.Callable[[], t.Any]) -> None:
-        original_init(self, createfunc)
+    def tracking_init(self: ContextRegistry[t.Any], *args: t.Any, **kwargs: t.Any) -> None:
+        original_init(self, *args, **kwargs)
         registries.append(self)
 
     monkeypatch.setattr(ContextRegistry, "__init__", tracking_init)

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from async_scoped_session_ext import current_session, flask_scoped_session
 
@@ -123,14 +123,27 @@ def test_hand_pushed_context(app: Flask, scoped: flask_scoped_session[Session]) 
 def test_query_property(app: Flask, scoped: flask_scoped_session[Session]) -> None:
     """``Model.query = session.query_property()`` queries through the context's session."""
 
-    class QueryTodo(Todo):
+    class QueryBase(DeclarativeBase):
         query = scoped.query_property()
+
+    class QueryTodo(QueryBase):
+        __tablename__ = Todo.__tablename__
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(200))
 
     with app.app_context():
         scoped.add(QueryTodo(title="a"))
         scoped.commit()
         assert [todo.title for todo in QueryTodo.query.all()] == ["a"]
         assert QueryTodo.query.session is scoped()
+
+
+def test_uninitialised_app_is_refused(app: Flask, scoped: flask_scoped_session[Session]) -> None:
+    """A scoped session used in an app it was never initialised on raises, not leaks."""
+    other = Flask("other")
+    with other.app_context():
+        with pytest.raises(RuntimeError, match=r"not initialised on the current app"):
+            scoped()
 
 
 def test_remove_is_idempotent(app: Flask, scoped: flask_scoped_session[Session]) -> None:
