@@ -39,3 +39,10 @@ def demo(session: nox.Session) -> None:
     """Run the example Quart and Flask todo apps on embedded SQLite (--serve to keep serving)."""
     session.install(".[quart,aiosqlite]", "hypercorn", "httpx")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark Flask async + asyncpg: the shared loop against a NullPool session per request."""
+    session.install(EXTRAS, "flask[async]", "httpx")
+    session.run("python", "-m", "bench.flask_async_asyncpg", *session.posargs)
