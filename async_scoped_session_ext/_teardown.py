@@ -10,12 +10,19 @@ from ._runner import runner
 
 if t.TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.util import ScopedRegistry
 
 logger = logging.getLogger("async_scoped_session_ext")
 
 
 class Removable(t.Protocol):
     """A scoped session as the teardown sees it: ``remove()`` may return an awaitable."""
+
+    @property
+    def is_async(self) -> bool: ...
+
+    @property
+    def registry(self) -> ScopedRegistry[t.Any]: ...
 
     def remove(self) -> t.Coroutine[t.Any, t.Any, None] | None: ...
 
@@ -40,6 +47,8 @@ def flask_teardown(
 
     def _remove_scoped_sessions(exc: BaseException | None) -> None:
         for scoped in scoped_sessions:
+            if scoped.is_async and not scoped.registry.has():
+                continue  # nothing to close: spare the hop to the shared loop
             try:
                 pending = scoped.remove()
                 if pending is not None:
