@@ -1,0 +1,48 @@
+"""The package's public surface: ``__all__`` and the SQLAlchemy base classes."""
+
+from __future__ import annotations
+
+import types
+
+import sqlalchemy.ext.asyncio
+import sqlalchemy.orm
+from werkzeug.local import LocalProxy
+
+import async_scoped_session_ext
+from async_scoped_session_ext import (
+    async_scoped_session,
+    current_session,
+    flask_scoped_session,
+)
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    """``__all__`` is the sorted list of the module's public, non-module names."""
+    public = sorted(
+        name
+        for name, value in vars(async_scoped_session_ext).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    )
+    assert async_scoped_session_ext.__all__ == public
+    assert public == ["async_scoped_session", "current_session", "flask_scoped_session"]
+
+
+def test_star_import_gives_the_public_names() -> None:
+    """``from async_scoped_session_ext import *`` binds exactly ``__all__``."""
+    namespace: dict[str, object] = {}
+    exec("from async_scoped_session_ext import *", namespace)
+    namespace.pop("__builtins__")
+    assert sorted(namespace) == async_scoped_session_ext.__all__
+
+
+def test_classes_subclass_sqlalchemy_scoped_sessions() -> None:
+    """The sync and async classes are SQLAlchemy's scoped sessions, not look-alikes."""
+    assert issubclass(flask_scoped_session, sqlalchemy.orm.scoped_session)
+    assert issubclass(async_scoped_session, sqlalchemy.ext.asyncio.async_scoped_session)
+    assert not issubclass(flask_scoped_session, sqlalchemy.ext.asyncio.async_scoped_session)
+    assert not issubclass(async_scoped_session, sqlalchemy.orm.scoped_session)
+
+
+def test_current_session_is_a_proxy() -> None:
+    """``current_session`` is a werkzeug ``LocalProxy``, resolved on access, not at import."""
+    assert isinstance(current_session, LocalProxy)
