@@ -20,24 +20,22 @@ if t.TYPE_CHECKING:
 _AS = t.TypeVar("_AS", bound=AsyncSession)
 _T = t.TypeVar("_T")
 
-FOREIGN_LOOP_MESSAGE = """\
-An async_scoped_session of {app!r} was used from an event loop that is not the app's.
-
-In a Flask app, the library runs async views, async hooks and the closing of sessions on one
-shared event loop, because pooled async connections (asyncpg) only work on the loop that
-opened them. This code runs on another loop, for example under a hand-made asyncio.run(...),
-{cause}. To solve this, let Flask run the coroutine (an async view or hook), or from sync code
-(CLI commands, scripts, the shell) call 'session.run(coro)', which awaits it on the shared
-loop inside the current app context.\
-"""
-
-_OPTED_OUT = (
-    "or because the app was set up with shared_loop=False, so asgiref runs every async view"
-    " on a new loop; a scoped AsyncSession cannot live across those loops. Remove"
-    " shared_loop=False, or open 'async with factory() as session:' inside each view"
-    " (with poolclass=NullPool for asyncpg)"
+_FOREIGN_LOOP = (
+    "An async_scoped_session of {app!r} was used from an event loop that is not the app's."
+    "\n\nIn a Flask app, the library runs async views, async hooks and the closing of"
+    " sessions on one shared event loop, because pooled async connections (asyncpg) only"
+    " work on the loop that opened them. This code runs on another loop, {cause}."
+    "\n\nTo solve this, let Flask run the coroutine (an async view or hook), or from sync"
+    " code (CLI commands, scripts, the shell) call 'session.run(coro)', which awaits it on"
+    " the shared loop inside the current app context."
 )
-_SHARED = "or in a thread of its own"
+_SHARED = "for example under a hand-made asyncio.run(...) or in a thread of its own"
+_OPTED_OUT = (
+    "because the app was set up with shared_loop=False, so asgiref runs every async view on"
+    " a new loop; a scoped AsyncSession cannot live across those loops. Remove"
+    " shared_loop=False, or open 'async with factory() as session:' inside each view (with"
+    " poolclass=NullPool for asyncpg)"
+)
 
 
 class async_scoped_session(_sa_async_scoped_session[_AS]):
@@ -117,7 +115,7 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         if runner.owns_running_loop() or not loop_running():
             return
         cause = _SHARED if state.shared_loop else _OPTED_OUT
-        raise RuntimeError(FOREIGN_LOOP_MESSAGE.format(app=app, cause=cause))
+        raise RuntimeError(_FOREIGN_LOOP.format(app=app, cause=cause))
 
     async def remove(self) -> None:
         """Close and forget the current context's session, if it has one.

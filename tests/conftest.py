@@ -124,7 +124,9 @@ def async_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def sync_engine(sync_backend: str, tmp_path: Path) -> cabc.Iterator[Engine]:
     """An engine with fresh tables; afterwards no connection may be checked out."""
-    engine = create_engine(database_url(sync_backend, tmp_path))
+    # A stuck test fails instead of hanging when drop_all waits on its locks.
+    connect_args = {"options": "-c lock_timeout=10s"} if sync_backend == "postgresql" else {}
+    engine = create_engine(database_url(sync_backend, tmp_path), connect_args=connect_args)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     try:
@@ -138,7 +140,10 @@ def sync_engine(sync_backend: str, tmp_path: Path) -> cabc.Iterator[Engine]:
 @pytest.fixture
 async def async_engine(async_backend: str, tmp_path: Path) -> cabc.AsyncIterator[AsyncEngine]:
     """An async engine with fresh tables, on the test's own event loop."""
-    engine = create_async_engine(database_url(async_backend, tmp_path))
+    connect_args: dict[str, t.Any] = {}
+    if async_backend == "asyncpg":  # a stuck test fails instead of hanging in drop_all
+        connect_args = {"server_settings": {"lock_timeout": "10s"}}
+    engine = create_async_engine(database_url(async_backend, tmp_path), connect_args=connect_args)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
         await conn.run_sync(Base.metadata.create_all)

@@ -1,0 +1,1 @@
+"""Runnable example apps for async_scoped_session_ext (see ``examples/demo.py``)."""

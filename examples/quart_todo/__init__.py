@@ -1,0 +1,1 @@
+"""A todo-list JSON API on Quart, with an ``AsyncSession`` per app context."""
