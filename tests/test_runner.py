@@ -132,7 +132,7 @@ def test_forked_child_starts_its_own_loop(loop_runner: LoopRunner) -> None:
     """A forked child gets a new loop thread; the parent's loop keeps working."""
 
     async def thread_id() -> int:
-        return threading.get_ident()
+        return threading.get_native_id()
 
     parent_thread = loop_runner.run(thread_id())
     read_end, write_end = os.pipe()
@@ -153,6 +153,32 @@ def test_forked_child_starts_its_own_loop(loop_runner: LoopRunner) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert child_output and int(child_output) != 0
     assert loop_runner.run(thread_id()) == parent_thread
+
+
+def test_shared_runner_restarts_after_a_real_fork() -> None:
+    """The process's runner is reset by its at-fork hook: the child runs on a loop of its own."""
+    from async_scoped_session_ext._runner import runner
+
+    async def thread_id() -> int:
+        return threading.get_native_id()
+
+    parent_thread = runner.run(thread_id())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.write(write_end, f"{runner.run(thread_id())}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child_output = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_output and int(child_output) != parent_thread
+    assert runner.run(thread_id()) == parent_thread
 
 
 def test_engines_are_disposed_at_exit() -> None:
