@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 import typing as t
+import weakref
 from dataclasses import dataclass, field
 
 from ._runner import loop_running
-from ._scope import AppContextLike
+from ._scope import current_app_context
 from ._teardown import flask_teardown, quart_teardown
 
 if t.TYPE_CHECKING:
@@ -37,6 +38,9 @@ class AppState:
     async_default: async_scoped_session[t.Any] | None = None
     #: Flask only: whether the app's async code runs on the library's shared loop.
     shared_loop: bool = False
+    #: Quart only: contexts whose request raised. Quart hands its teardowns ``exc=None``
+    #: once an error handler has made a response of the exception.
+    failed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
 
     def default_session(
         self,
@@ -54,27 +58,20 @@ class AppState:
         return self.async_default if loop_running() else self.sync_default
 
 
+def _watch_failures(app: App, failed: weakref.WeakSet[t.Any]) -> None:
+    from quart.signals import got_request_exception
+
+    async def mark_failed(sender: App, **kwargs: object) -> None:
+        ctx = current_app_context()
+        if ctx is not None:
+            failed.add(ctx)
+
+    got_request_exception.connect(mark_failed, app, weak=False)
+
+
 def get_state(app: App) -> AppState | None:
     """Return the app's state, or ``None`` if no scoped session was initialised on it."""
     return t.cast("AppState | None", app.extensions.get(EXTENSION_KEY))
-
-
-def require_initialised(
-    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any], ctx: AppContextLike
-) -> None:
-    """Refuse to open a session in a context whose app does not know *scoped*.
-
-    Without this, the session would never be removed: only an app's own teardown removes
-    its sessions.
-    """
-    state = get_state(ctx.app)
-    if state is None or not any(existing is scoped for existing in state.scoped):
-        raise RuntimeError(
-            f"This {type(scoped).__name__} is not initialised on the current app"
-            f" {ctx.app!r}, so nothing would ever close its sessions here. Did you forget to"
-            " call 'init_app(app)' in your app factory, or is this session object meant for"
-            " another app?"
-        )
 
 
 def register(
@@ -86,7 +83,8 @@ def register(
         state = AppState(is_quart=is_quart_app(app))
         app.extensions[EXTENSION_KEY] = state
         if state.is_quart:
-            app.teardown_appcontext(quart_teardown(state.scoped))
+            _watch_failures(app, state.failed)
+            app.teardown_appcontext(quart_teardown(state.scoped, state.failed))
         else:
             app.teardown_appcontext(flask_teardown(state.scoped))
     if any(existing is scoped for existing in state.scoped):

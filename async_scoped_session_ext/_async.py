@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import typing as t
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
 
-from ._app import get_state, register, require_initialised
+from ._app import register
+from ._guard import GUARDED_METHODS, SessionClaims, guarded
+from ._misuse import check_async_access, check_async_factory, check_new_scope
 from ._runner import loop_running, runner
 from ._scope import ContextRegistry, scope_key
 from ._teardown import close_to_completion
@@ -19,23 +22,6 @@ if t.TYPE_CHECKING:
 
 _AS = t.TypeVar("_AS", bound=AsyncSession)
 _T = t.TypeVar("_T")
-
-_FOREIGN_LOOP = (
-    "An async_scoped_session of {app!r} was used from an event loop that is not the app's."
-    "\n\nIn a Flask app, the library runs async views, async hooks and the closing of"
-    " sessions on one shared event loop, because pooled async connections (asyncpg) only"
-    " work on the loop that opened them. This code runs on another loop, {cause}."
-    "\n\nTo solve this, let Flask run the coroutine (an async view or hook), or from sync"
-    " code (CLI commands, scripts, the shell) call 'session.run(coro)', which awaits it on"
-    " the shared loop inside the current app context."
-)
-_SHARED = "for example under a hand-made asyncio.run(...) or in a thread of its own"
-_OPTED_OUT = (
-    "because the app was set up with shared_loop=False, so asgiref runs every async view on"
-    " a new loop; a scoped AsyncSession cannot live across those loops. Remove"
-    " shared_loop=False, or open 'async with factory() as session:' inside each view (with"
-    " poolclass=NullPool for asyncpg)"
-)
 
 
 class async_scoped_session(_sa_async_scoped_session[_AS]):
@@ -70,10 +56,10 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         close_timeout: float = 10.0,
         shared_loop: bool = True,
     ) -> None:
+        check_async_factory(session_factory)
         super().__init__(session_factory, scopefunc=scope_key)
-        self.registry = ContextRegistry(
-            session_factory, functools.partial(require_initialised, self)
-        )
+        self.registry = ContextRegistry(session_factory, functools.partial(check_new_scope, self))
+        self._claims = SessionClaims()
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
         if app is not None:
@@ -98,33 +84,40 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
             runner.dispose_at_exit(bind)
 
     def __call__(self, **kw: t.Any) -> _AS:
-        self._check_loop()
+        check_async_access()
         return super().__call__(**kw)
 
     @property
     def _proxied(self) -> _AS:
-        self._check_loop()
+        check_async_access()
         return self.registry()
-
-    def _check_loop(self) -> None:
-        """In a Flask app, refuse to hand out the session on a loop other than the shared one."""
-        app = scope_key().app
-        state = get_state(app)
-        if state is None or state.is_quart:
-            return
-        if runner.owns_running_loop() or not loop_running():
-            return
-        cause = _SHARED if state.shared_loop else _OPTED_OUT
-        raise RuntimeError(_FOREIGN_LOOP.format(app=app, cause=cause))
 
     async def remove(self) -> None:
         """Close and forget the current context's session, if it has one.
 
-        The session leaves the registry first, then is closed to completion under
-        :func:`asyncio.shield`; a cancellation of the caller is re-raised afterwards.
+        The session leaves the registry first. An operation another task still has in
+        progress on it may finish first; then the session is closed to completion under
+        :func:`asyncio.shield`, and a cancellation of the caller is re-raised afterwards.
         """
         session = self.registry.pop()
         if session is not None:
+            busy = self._claims.busy_elsewhere(session)
+            await close_to_completion(session, self.close_timeout, busy)
+
+    @contextlib.asynccontextmanager
+    async def fresh(self, **kw: t.Any) -> t.AsyncIterator[_AS]:
+        """A new session of its own, closed when the block ends, for concurrent tasks.
+
+        The scoped session is shared by every task of an app context, and an
+        ``AsyncSession`` must not be used concurrently. Tasks started with
+        ``asyncio.gather`` or ``asyncio.create_task``, and tasks that outlive the request,
+        use ``async with scoped.fresh() as session:`` instead. Keyword arguments go to the
+        session factory.
+        """
+        session = self.session_factory(**kw)
+        try:
+            yield session
+        finally:
             await close_to_completion(session, self.close_timeout)
 
     def run(self, coro: t.Coroutine[t.Any, t.Any, _T]) -> _T:
@@ -155,3 +148,12 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
             " 'await session.scalars(select(Model))' or 'await session.get(Model, pk)', or"
             " flask_scoped_session(...).query_property() for sync code."
         )
+
+
+for _name in GUARDED_METHODS:
+    # Same signatures as SQLAlchemy's proxies (so their types stay), plus the claim.
+    setattr(
+        async_scoped_session,
+        _name,
+        functools.wraps(getattr(async_scoped_session, _name))(guarded(_name)),
+    )

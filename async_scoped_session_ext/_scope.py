@@ -55,6 +55,12 @@ def scope_key() -> AppContextLike:
     return ctx
 
 
+def _current_push(ctx: AppContextLike) -> object:
+    """The token of the context's innermost push (both frameworks keep a list of them)."""
+    tokens = getattr(ctx, "_cv_tokens", None)
+    return tokens[-1] if tokens else None
+
+
 class ContextRegistry(ScopedRegistry[_T]):
     """A :class:`~sqlalchemy.util.ScopedRegistry` keyed by the app context object.
 
@@ -64,7 +70,7 @@ class ContextRegistry(ScopedRegistry[_T]):
     refuse by raising.
     """
 
-    __slots__ = ("on_new_scope",)
+    __slots__ = ("on_new_scope", "_closing")
 
     def __init__(
         self,
@@ -74,6 +80,10 @@ class ContextRegistry(ScopedRegistry[_T]):
         super().__init__(createfunc, scope_key)
         self.registry = weakref.WeakKeyDictionary()
         self.on_new_scope = on_new_scope
+        # Contexts being torn down, with the push (token) the teardown belongs to.
+        self._closing: weakref.WeakKeyDictionary[AppContextLike, object] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __call__(self) -> _T:
         key = self.scopefunc()
@@ -87,6 +97,25 @@ class ContextRegistry(ScopedRegistry[_T]):
         key = self.scopefunc()
         self.on_new_scope(key)
         self.registry[key] = obj
+
+    def mark_closing(self) -> None:
+        """Refuse new objects for the current context until it is pushed again.
+
+        Called by the teardown, so that a task still running in the ending context cannot
+        open a session that nothing would close. Flask 3.1's ``stream_with_context`` pushes
+        the same context again after its teardown; that push may open a session again.
+        """
+        ctx = self.scopefunc()
+        self._closing[ctx] = _current_push(ctx)
+
+    def is_closing(self, ctx: AppContextLike) -> bool:
+        """Whether *ctx* is being (or has been) torn down and was not pushed again since."""
+        return ctx in self._closing and self._closing[ctx] is _current_push(ctx)
+
+    def peek(self) -> _T | None:
+        """The current context's object, or ``None``; never creates one."""
+        found: _T | None = self.registry.get(self.scopefunc())
+        return found
 
     def pop(self) -> _T | None:
         """Remove and return the current context's object, or ``None`` if it has none."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import typing as t
 
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from ._app import register, require_initialised
+from ._app import register
+from ._misuse import check_new_scope, check_sync_access, check_sync_factory
 from ._scope import ContextRegistry, scope_key
 
 if t.TYPE_CHECKING:
@@ -37,11 +39,10 @@ class flask_scoped_session(scoped_session[_S]):
         session_factory: sessionmaker[_S] | t.Callable[[], _S],
         app: App | None = None,
     ) -> None:
+        check_sync_factory(session_factory)
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         super().__init__(t.cast("sessionmaker[_S]", session_factory), scopefunc=scope_key)
-        self.registry = ContextRegistry(
-            session_factory, functools.partial(require_initialised, self)
-        )
+        self.registry = ContextRegistry(session_factory, functools.partial(check_new_scope, self))
         if app is not None:
             self.init_app(app)
 
@@ -62,4 +63,27 @@ class flask_scoped_session(scoped_session[_S]):
         """
         session = self.registry.pop()
         if session is not None:
+            session.close()
+
+    def __call__(self, **kw: t.Any) -> _S:
+        check_sync_access()
+        return super().__call__(**kw)
+
+    @property
+    def _proxied(self) -> _S:
+        check_sync_access()
+        return self.registry()
+
+    @contextlib.contextmanager
+    def fresh(self, **kw: t.Any) -> t.Iterator[_S]:
+        """A new session of its own, closed when the block ends.
+
+        For work that must not share the context's session: a thread of its own, or a unit
+        of work committed independently of the request. Keyword arguments go to the session
+        factory.
+        """
+        session = self.session_factory(**kw)
+        try:
+            yield session
+        finally:
             session.close()

@@ -7,10 +7,13 @@ import logging
 import typing as t
 
 from ._runner import runner
+from ._scope import current_app_context
 
 if t.TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.util import ScopedRegistry
+    from sqlalchemy.orm import Session
+
+    from ._scope import ContextRegistry
 
 logger = logging.getLogger("async_scoped_session_ext")
 
@@ -22,7 +25,7 @@ class Removable(t.Protocol):
     def is_async(self) -> bool: ...
 
     @property
-    def registry(self) -> ScopedRegistry[t.Any]: ...
+    def registry(self) -> ContextRegistry[t.Any]: ...
 
     def remove(self) -> t.Coroutine[t.Any, t.Any, None] | None: ...
 
@@ -34,6 +37,23 @@ def _log_failure(scoped: Removable) -> None:
         " return cleanly. The remaining teardown functions still run.",
         scoped,
     )
+
+
+def _warn_if_uncommitted(scoped: Removable, request_failed: bool) -> None:
+    """Log a warning when a request that ended normally leaves unflushed changes behind."""
+    if request_failed:
+        return  # rolling back is what the caller expects
+    session: Session | AsyncSession | None = scoped.registry.peek()
+    if session is not None and (session.new or session.dirty or session.deleted):
+        logger.warning(
+            "The session of %r is torn down with changes that were never committed"
+            " (%d new, %d changed, %d deleted objects); they are discarded. Call"
+            " commit() before the request ends, or expunge() what you do not mean to save.",
+            scoped,
+            len(session.new),
+            len(session.dirty),
+            len(session.deleted),
+        )
 
 
 def flask_teardown(
@@ -50,6 +70,8 @@ def flask_teardown(
             if scoped.is_async and not scoped.registry.has():
                 continue  # nothing to close: spare the hop to the shared loop
             try:
+                _warn_if_uncommitted(scoped, exc is not None)
+                scoped.registry.mark_closing()
                 pending = scoped.remove()
                 if pending is not None:
                     runner.run_soon(pending)
@@ -60,7 +82,7 @@ def flask_teardown(
 
 
 def quart_teardown(
-    scoped_sessions: t.Sequence[Removable],
+    scoped_sessions: t.Sequence[Removable], failed: t.Container[object]
 ) -> t.Callable[[BaseException | None], t.Awaitable[None]]:
     """Build the async teardown registered once on a Quart app.
 
@@ -70,8 +92,11 @@ def quart_teardown(
 
     async def _remove_scoped_sessions(exc: BaseException | None) -> None:
         cancelled: asyncio.CancelledError | None = None
+        request_failed = exc is not None or current_app_context() in failed
         for scoped in scoped_sessions:
             try:
+                _warn_if_uncommitted(scoped, request_failed)
+                scoped.registry.mark_closing()
                 pending = scoped.remove()
                 if pending is not None:
                     await pending
@@ -85,14 +110,18 @@ def quart_teardown(
     return _remove_scoped_sessions
 
 
-async def close_to_completion(session: AsyncSession, timeout: float) -> None:
+async def close_to_completion(
+    session: AsyncSession, timeout: float, busy: asyncio.Task[t.Any] | None = None
+) -> None:
     """Close *session*, finishing the close even if the caller is cancelled meanwhile.
 
     The close runs in its own task, shielded from the caller's cancellation, and bounded by
-    *timeout* seconds, after which the session's connections are invalidated instead. A
-    cancellation of the caller is re-raised once the close has finished.
+    *timeout* seconds, after which the session's connections are invalidated instead. If
+    another task (*busy*) is still inside an operation on the session, it may finish
+    first, within the same bound. A cancellation of the caller is re-raised once the close
+    has finished.
     """
-    task = asyncio.ensure_future(_bounded_close(session, timeout))
+    task = asyncio.ensure_future(_bounded_close(session, timeout, busy))
     cancelled: asyncio.CancelledError | None = None
     while not task.done():
         try:
@@ -112,9 +141,13 @@ async def close_to_completion(session: AsyncSession, timeout: float) -> None:
     task.result()
 
 
-async def _bounded_close(session: AsyncSession, timeout: float) -> None:
+async def _bounded_close(
+    session: AsyncSession, timeout: float, busy: asyncio.Task[t.Any] | None
+) -> None:
     try:
         async with asyncio.timeout(timeout):
+            if busy is not None:
+                await asyncio.wait({busy})
             await session.close()
     except TimeoutError:
         logger.warning(
@@ -123,4 +156,7 @@ async def _bounded_close(session: AsyncSession, timeout: float) -> None:
             session,
             timeout,
         )
+        if busy is not None and not busy.done():
+            busy.cancel()  # SQLAlchemy invalidates the connection of a cancelled operation
+            await asyncio.wait({busy}, timeout=timeout)
         await session.invalidate()

@@ -1,0 +1,92 @@
+"""Detect concurrent use of one AsyncSession by several tasks of the same app context.
+
+Child tasks (``asyncio.gather``, ``asyncio.create_task``) inherit the app context and so get
+the request's session. An ``AsyncSession`` must not be used concurrently: SQLAlchemy raises
+obscure state errors, and the connection can be left checked out. The scoped session's
+awaitable methods therefore claim the session for the awaiting task while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+import weakref
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+#: The awaitable methods ``async_scoped_session`` proxies to its ``AsyncSession``.
+GUARDED_METHODS = (
+    "close",
+    "commit",
+    "connection",
+    "delete",
+    "delete_all",
+    "execute",
+    "flush",
+    "get",
+    "get_one",
+    "invalidate",
+    "merge",
+    "merge_all",
+    "refresh",
+    "reset",
+    "rollback",
+    "scalar",
+    "scalars",
+    "stream",
+    "stream_scalars",
+)
+
+_CONCURRENT_USE = (
+    "This AsyncSession is already in use by another task ({owner!r}) of the same app"
+    " context. Tasks started with asyncio.gather() or asyncio.create_task() inside a request"
+    " share the request's session, and an AsyncSession must not be used concurrently. Give"
+    " each concurrent task its own session, closed when it is done:"
+    " 'async with scoped.fresh() as session: ...' (where scoped is your"
+    " async_scoped_session), or await the tasks one after another."
+)
+
+
+class SessionClaims:
+    """Which task is inside an awaited operation of each session, if any."""
+
+    def __init__(self) -> None:
+        self._owners: weakref.WeakKeyDictionary[AsyncSession, asyncio.Task[t.Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def busy_elsewhere(self, session: AsyncSession) -> asyncio.Task[t.Any] | None:
+        """The other, still running task that is using *session* right now, if any."""
+        owner = self._owners.get(session)
+        if owner is None or owner.done() or owner is asyncio.current_task():
+            return None
+        return owner
+
+    async def run(
+        self, session: AsyncSession, operation: t.Callable[[], t.Awaitable[t.Any]]
+    ) -> t.Any:
+        """Await *operation* with *session* claimed by the current task."""
+        task = asyncio.current_task()
+        owner = self._owners.get(session)
+        if owner is task or task is None:  # re-entrant, or not in a task: nothing to claim
+            return await operation()
+        if owner is not None and not owner.done():
+            raise RuntimeError(_CONCURRENT_USE.format(owner=owner))
+        self._owners[session] = task
+        try:
+            return await operation()
+        finally:
+            if self._owners.get(session) is task:
+                del self._owners[session]
+
+
+def guarded(name: str) -> t.Callable[..., t.Awaitable[t.Any]]:
+    """A scoped-session method that awaits ``AsyncSession.<name>`` under a claim."""
+
+    async def method(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        session = self._proxied
+        return await self._claims.run(session, lambda: getattr(session, name)(*args, **kwargs))
+
+    method.__name__ = method.__qualname__ = name
+    return method

@@ -1,0 +1,133 @@
+"""Every check that turns a misuse into an error saying what happened and how to fix it."""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import sessionmaker
+
+from ._app import get_state
+from ._runner import runner
+from ._scope import AppContextLike, scope_key
+
+if t.TYPE_CHECKING:
+    from ._async import async_scoped_session
+    from ._sync import flask_scoped_session
+
+_FOREIGN_LOOP = (
+    "An async_scoped_session of {app!r} was used from an event loop that is not the app's."
+    "\n\nIn a Flask app, the library runs async views, async hooks and the closing of"
+    " sessions on one shared event loop, because pooled async connections (asyncpg) only"
+    " work on the loop that opened them. This code runs on another loop, {cause}."
+    "\n\nTo solve this, let Flask run the coroutine (an async view or hook), or from sync"
+    " code (CLI commands, scripts, the shell) call 'session.run(coro)', which awaits it on"
+    " the shared loop inside the current app context."
+)
+_SHARED = "for example under a hand-made asyncio.run(...) or in a thread of its own"
+_OPTED_OUT = (
+    "because the app was set up with shared_loop=False, so asgiref runs every async view on"
+    " a new loop; a scoped AsyncSession cannot live across those loops. Remove"
+    " shared_loop=False, or open 'async with factory() as session:' inside each view (with"
+    " poolclass=NullPool for asyncpg)"
+)
+_ASYNC_IN_SYNC = (
+    "async_scoped_session was used in sync code (no event loop is running in this thread),"
+    " for example in a sync view, where its AsyncSession cannot be awaited. Make the view"
+    " 'async def', use a flask_scoped_session for sync views, or, in a CLI command or"
+    " script, call 'session.run(coro)' and use the session inside that coroutine."
+)
+_SYNC_IN_ASYNC = (
+    "flask_scoped_session was used in async code on {app!r}'s event loop. Its sync Session"
+    " would block that loop, and with it every other request in flight. Use an"
+    " async_scoped_session (with create_async_engine) in async views, or make the view a"
+    " plain 'def'."
+)
+_NOT_INITIALISED = (
+    "This {kind} is not initialised on the current app {app!r}, so nothing would ever close"
+    " its sessions here. Did you forget to call 'init_app(app)' in your app factory, or is"
+    " this session object meant for another app?"
+)
+_CONTEXT_POPPED = (
+    "The app context {ctx!r} is torn down, but this code still runs in it: a task started"
+    " with asyncio.gather() or asyncio.create_task() (or a thread) that outlives its request. A"
+    " session opened here would never be closed. Give such a task a session of its own:"
+    " 'async with scoped.fresh() as session:' (or 'with scoped.fresh() as session:')."
+)
+
+
+def check_new_scope(
+    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any], ctx: AppContextLike
+) -> None:
+    """Refuse to open a session that no teardown would ever close."""
+    state = get_state(ctx.app)
+    if state is None or not any(existing is scoped for existing in state.scoped):
+        raise RuntimeError(_NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
+    # Both frameworks keep one token per push; none left means the context was popped and
+    # only lingers in a child task that inherited the context variable.
+    if getattr(ctx, "_cv_tokens", True) == [] or scoped.registry.is_closing(ctx):
+        raise RuntimeError(_CONTEXT_POPPED.format(ctx=ctx))
+
+
+def check_async_access() -> None:
+    """The AsyncSession may be used here: in async code, on the app's own loop."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        raise TypeError(_ASYNC_IN_SYNC)
+    app = scope_key().app
+    state = get_state(app)
+    if state is None or state.is_quart or runner.owns_running_loop():
+        return
+    cause = _SHARED if state.shared_loop else _OPTED_OUT
+    raise RuntimeError(_FOREIGN_LOOP.format(app=app, cause=cause))
+
+
+def check_sync_access() -> None:
+    """The sync Session may be used here: not on an event loop that serves requests.
+
+    A sync-only Flask app keeps working as before, even in async views run by asgiref.
+    """
+    if asyncio._get_running_loop() is None:
+        return
+    app = scope_key().app
+    state = get_state(app)
+    if state is not None and (state.is_quart or state.shared_loop):
+        raise TypeError(_SYNC_IN_ASYNC.format(app=app))
+
+
+def check_sync_factory(factory: object) -> None:
+    """flask_scoped_session needs a factory of sync sessions on a sync engine."""
+    if isinstance(factory, async_sessionmaker):
+        raise TypeError(
+            "flask_scoped_session was given an async_sessionmaker; it makes sync Sessions."
+            " Use async_scoped_session(async_sessionmaker(...)) for AsyncSessions, or"
+            " flask_scoped_session(sessionmaker(bind=create_engine(url)))."
+        )
+    bind = factory.kw.get("bind") if isinstance(factory, sessionmaker) else None
+    if isinstance(bind, AsyncEngine) or (isinstance(bind, Engine) and bind.dialect.is_async):
+        raise TypeError(
+            f"flask_scoped_session was given a sessionmaker bound to an async engine or"
+            f" driver ({bind.url.render_as_string()!r}). Use a sync driver URL (for example"
+            " 'postgresql+psycopg://' or 'sqlite:///') with create_engine(), or use"
+            " async_scoped_session for async drivers."
+        )
+
+
+def check_async_factory(factory: object) -> None:
+    """async_scoped_session needs an async_sessionmaker on an async engine."""
+    if isinstance(factory, sessionmaker):
+        raise TypeError(
+            "async_scoped_session was given a sync sessionmaker; it makes AsyncSessions."
+            " Use async_sessionmaker(create_async_engine(url)), or flask_scoped_session for"
+            " sync Sessions."
+        )
+    bind = factory.kw.get("bind") if isinstance(factory, async_sessionmaker) else None
+    if isinstance(bind, Engine):
+        raise TypeError(
+            f"async_scoped_session was given a factory bound to a sync Engine"
+            f" ({bind.url.render_as_string()!r}). Create it with create_async_engine() and"
+            " an async driver URL (for example 'postgresql+asyncpg://' or"
+            " 'sqlite+aiosqlite:///')."
+        )
