@@ -7,12 +7,14 @@ import typing as t
 import weakref
 from dataclasses import dataclass, field
 
+from ._engines import AnyFactory, AppEngines
 from ._runner import loop_running
-from ._scope import current_app_context
+from ._scope import current_app_context, scope_key
 from ._teardown import flask_teardown, quart_teardown
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
+    from quart import Quart
 
     from ._async import async_scoped_session
     from ._sync import flask_scoped_session
@@ -31,6 +33,8 @@ class AppState:
     """What one app knows of this library, stored in ``app.extensions``."""
 
     is_quart: bool
+    #: The engines (and session factories) made from the app's config, lazily.
+    engines: AppEngines
     scoped: list[flask_scoped_session[t.Any] | async_scoped_session[t.Any]] = field(
         default_factory=list
     )
@@ -69,6 +73,31 @@ def _watch_failures(app: App, failed: weakref.WeakSet[t.Any]) -> None:
     got_request_exception.connect(mark_failed, app, weak=False)
 
 
+def _shell_context() -> dict[str, object]:
+    """What ``flask shell`` and ``quart shell`` get: the session proxy, ready to use."""
+    from ._proxy import current_session
+
+    return {"current_session": current_session}
+
+
+NOT_INITIALISED = (
+    "This {kind} is not initialised on the current app {app!r}, so nothing would ever close"
+    " its sessions here. Did you forget to call 'init_app(app)' in your app factory, or is"
+    " this session object meant for another app?"
+)
+
+
+def configured_factory(
+    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any],
+) -> AnyFactory:
+    """The session factory made from the current app's config for *scoped*."""
+    app = scope_key().app
+    state = get_state(app)
+    if state is None or not any(existing is scoped for existing in state.scoped):
+        raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=app))
+    return state.engines.factory(scoped.name, scoped.is_async, scoped.session_options)
+
+
 def get_state(app: App) -> AppState | None:
     """Return the app's state, or ``None`` if no scoped session was initialised on it."""
     return t.cast("AppState | None", app.extensions.get(EXTENSION_KEY))
@@ -80,13 +109,16 @@ def register(
     """Attach *scoped* to *app*, registering the app's shared teardown the first time."""
     state = get_state(app)
     if state is None:
-        state = AppState(is_quart=is_quart_app(app))
+        is_quart = is_quart_app(app)
+        state = AppState(is_quart=is_quart, engines=AppEngines(app, is_quart))
         app.extensions[EXTENSION_KEY] = state
         if state.is_quart:
             _watch_failures(app, state.failed)
             app.teardown_appcontext(quart_teardown(state.scoped, state.failed))
+            t.cast("Quart", app).after_serving(state.engines.dispose)
         else:
             app.teardown_appcontext(flask_teardown(state.scoped))
+        app.shell_context_processor(_shell_context)
     if any(existing is scoped for existing in state.scoped):
         raise RuntimeError(
             f"This {type(scoped).__name__} is already initialised on {app!r}. 'init_app'"

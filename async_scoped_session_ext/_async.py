@@ -8,8 +8,9 @@ import typing as t
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
+from typing_extensions import TypeVar
 
-from ._app import register
+from ._app import configured_factory, register
 from ._guard import GUARDED_METHODS, SessionClaims, guarded
 from ._misuse import check_async_access, check_async_factory, check_new_scope
 from ._runner import loop_running, runner
@@ -20,7 +21,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask.sansio.app import App
 
-_AS = t.TypeVar("_AS", bound=AsyncSession)
+_AS = TypeVar("_AS", bound=AsyncSession, default=AsyncSession)
 _T = t.TypeVar("_T")
 
 
@@ -38,7 +39,11 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
     the process's other async views.
 
     :param session_factory: an :class:`~sqlalchemy.ext.asyncio.async_sessionmaker`.
+        Without one, each app makes its own from its config on first use: the engine
+        ``app.config["SQLALCHEMY_ASYNC_ENGINES"][name]``.
     :param app: a Quart or Flask app; when given, :meth:`init_app` is called with it.
+    :param name: the engine's name in the config (``"default"``), when there is no factory.
+    :param session_options: keyword arguments for that ``async_sessionmaker``.
     :param close_timeout: seconds a close may take at teardown before the session's
         connections are invalidated instead of returned to the pool.
     :param shared_loop: Flask only. ``False`` keeps asgiref's default of a new event loop
@@ -50,20 +55,37 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
 
     def __init__(
         self,
-        session_factory: async_sessionmaker[_AS],
+        session_factory: async_sessionmaker[_AS] | None = None,
         app: App | None = None,
         *,
+        name: str = "default",
+        session_options: t.Mapping[str, t.Any] | None = None,
         close_timeout: float = 10.0,
         shared_loop: bool = True,
     ) -> None:
         check_async_factory(session_factory)
-        super().__init__(session_factory, scopefunc=scope_key)
-        self.registry = ContextRegistry(session_factory, functools.partial(check_new_scope, self))
+        self.name = name
+        self.session_options = dict(session_options or {})
+        super().__init__(t.cast("async_sessionmaker[_AS]", session_factory), scopefunc=scope_key)
+        self.registry = ContextRegistry(
+            lambda: self.session_factory(), functools.partial(check_new_scope, self)
+        )
         self._claims = SessionClaims()
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
         if app is not None:
             self.init_app(app)
+
+    @property
+    def session_factory(self) -> async_sessionmaker[_AS]:
+        """The factory given to the constructor, or the current app's, made from its config."""
+        if self._session_factory is not None:
+            return self._session_factory
+        return t.cast("async_sessionmaker[_AS]", configured_factory(self))
+
+    @session_factory.setter
+    def session_factory(self, factory: async_sessionmaker[_AS] | None) -> None:
+        self._session_factory = factory
 
     def init_app(self, app: App) -> None:
         """Scope sessions to *app*'s contexts and close them at context teardown.
@@ -79,9 +101,10 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         if self.shared_loop:
             flask_app = t.cast("Flask", app)
             flask_app.async_to_sync = runner.async_to_sync  # type: ignore[method-assign]
-        bind = self.session_factory.kw.get("bind")
-        if isinstance(bind, AsyncEngine):
-            runner.dispose_at_exit(bind)
+        if self._session_factory is not None:
+            bind = self._session_factory.kw.get("bind")
+            if isinstance(bind, AsyncEngine):
+                runner.dispose_at_exit(bind)
 
     def __call__(self, **kw: t.Any) -> _AS:
         check_async_access()

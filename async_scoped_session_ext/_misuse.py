@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from ._app import get_state
+from ._app import NOT_INITIALISED, get_state
 from ._runner import runner
 from ._scope import AppContextLike, scope_key
 
@@ -45,11 +45,6 @@ _SYNC_IN_ASYNC = (
     " async_scoped_session (with create_async_engine) in async views, or make the view a"
     " plain 'def'."
 )
-_NOT_INITIALISED = (
-    "This {kind} is not initialised on the current app {app!r}, so nothing would ever close"
-    " its sessions here. Did you forget to call 'init_app(app)' in your app factory, or is"
-    " this session object meant for another app?"
-)
 _CONTEXT_POPPED = (
     "The app context {ctx!r} is torn down, but this code still runs in it: a task started"
     " with asyncio.gather() or asyncio.create_task() (or a thread) that outlives its request. A"
@@ -64,7 +59,7 @@ def check_new_scope(
     """Refuse to open a session that no teardown would ever close."""
     state = get_state(ctx.app)
     if state is None or not any(existing is scoped for existing in state.scoped):
-        raise RuntimeError(_NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
+        raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
     # Both frameworks keep one token per push; none left means the context was popped and
     # only lingers in a child task that inherited the context variable.
     if getattr(ctx, "_cv_tokens", True) == [] or scoped.registry.is_closing(ctx):

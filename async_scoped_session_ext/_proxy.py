@@ -13,7 +13,7 @@ if t.TYPE_CHECKING:
     from ._async import async_scoped_session
     from ._sync import flask_scoped_session
 
-    AnyScopedSession = flask_scoped_session[t.Any] | async_scoped_session[t.Any]
+    AnyScopedSession: t.TypeAlias = flask_scoped_session[t.Any] | async_scoped_session[t.Any]
 
 
 class CurrentSession(t.Protocol):

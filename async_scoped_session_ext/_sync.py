@@ -7,15 +7,16 @@ import functools
 import typing as t
 
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from typing_extensions import TypeVar
 
-from ._app import register
+from ._app import configured_factory, register
 from ._misuse import check_new_scope, check_sync_access, check_sync_factory
 from ._scope import ContextRegistry, scope_key
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
-_S = t.TypeVar("_S", bound=Session)
+_S = TypeVar("_S", bound=Session, default=Session)
 
 
 class flask_scoped_session(scoped_session[_S]):
@@ -27,8 +28,11 @@ class flask_scoped_session(scoped_session[_S]):
     torn down, which rolls back uncommitted work and returns the connection to the pool.
 
     :param session_factory: a :class:`~sqlalchemy.orm.sessionmaker` (or any callable
-        returning a :class:`~sqlalchemy.orm.Session`).
+        returning a :class:`~sqlalchemy.orm.Session`). Without one, each app makes its own
+        from its config on first use: the engine ``app.config["SQLALCHEMY_ENGINES"][name]``.
     :param app: a Flask (or Quart) app; when given, :meth:`init_app` is called with it.
+    :param name: the engine's name in the config (``"default"``), when there is no factory.
+    :param session_options: keyword arguments for that ``sessionmaker``.
     """
 
     is_async: t.ClassVar[bool] = False
@@ -36,15 +40,33 @@ class flask_scoped_session(scoped_session[_S]):
 
     def __init__(
         self,
-        session_factory: sessionmaker[_S] | t.Callable[[], _S],
+        session_factory: sessionmaker[_S] | t.Callable[[], _S] | None = None,
         app: App | None = None,
+        *,
+        name: str = "default",
+        session_options: t.Mapping[str, t.Any] | None = None,
     ) -> None:
         check_sync_factory(session_factory)
+        self.name = name
+        self.session_options = dict(session_options or {})
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         super().__init__(t.cast("sessionmaker[_S]", session_factory), scopefunc=scope_key)
-        self.registry = ContextRegistry(session_factory, functools.partial(check_new_scope, self))
+        self.registry = ContextRegistry(
+            lambda: self.session_factory(), functools.partial(check_new_scope, self)
+        )
         if app is not None:
             self.init_app(app)
+
+    @property
+    def session_factory(self) -> sessionmaker[_S]:
+        """The factory given to the constructor, or the current app's, made from its config."""
+        if self._session_factory is not None:
+            return self._session_factory
+        return t.cast("sessionmaker[_S]", configured_factory(self))
+
+    @session_factory.setter
+    def session_factory(self, factory: sessionmaker[_S] | None) -> None:
+        self._session_factory = factory
 
     def init_app(self, app: App) -> None:
         """Scope sessions to *app*'s contexts and remove them at context teardown.
