@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
 from typing_extensions import TypeVar
 
-from ._app import configured_factory, register
+from ._app import configured_factory, get_state, register
 from ._guard import GUARDED_METHODS, SessionClaims, guarded
 from ._misuse import check_async_access, check_async_factory, check_new_scope
 from ._runner import loop_running, runner
-from ._scope import ContextRegistry, scope_key
+from ._scope import ContextRegistry, current_app_context, in_request, scope_key
 from ._teardown import close_to_completion
 
 if t.TYPE_CHECKING:
@@ -146,17 +146,24 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
     def run(self, coro: t.Coroutine[t.Any, t.Any, _T]) -> _T:
         """Run *coro* on the shared event loop from sync code, and return its result.
 
-        For Flask CLI commands, scripts and the shell: the coroutine sees the current app
-        context, so it can ``await current_session.execute(...)``; the session is closed when
-        that context is torn down. Calling it from async code raises: await instead.
+        For CLI commands, scripts and the shell: the coroutine sees the current app context,
+        so it can ``await current_session.execute(...)``. In a Flask app the session lives
+        until the context is torn down. In a Quart app (whose CLI runs commands inside a
+        loop of its own) the context's async sessions are closed when *coro* is done, on
+        the loop that used them. Calling it while handling a request raises: await instead.
         """
-        if loop_running():
+        if runner.is_loop_thread() or (loop_running() and in_request()):
             coro.close()
             raise RuntimeError(
-                "async_scoped_session.run() was called while an event loop is running in this"
-                " thread. It is for sync code (CLI commands, scripts); in async code, await"
-                " the coroutine directly."
+                "async_scoped_session.run() was called from async code that handles a"
+                " request. It is for sync code (CLI commands, scripts, the shell); in async"
+                " code, await the coroutine directly."
             )
+        ctx = current_app_context()
+        state = get_state(ctx.app) if ctx is not None else None
+        if state is not None and state.is_quart:
+            own = [s for s in state.scoped if isinstance(s, async_scoped_session)]
+            return runner.run(_then_remove(coro, own))
         return runner.run(coro)
 
     def query_property(self, *args: object, **kwargs: object) -> t.NoReturn:
@@ -171,6 +178,16 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
             " 'await session.scalars(select(Model))' or 'await session.get(Model, pk)', or"
             " flask_scoped_session(...).query_property() for sync code."
         )
+
+
+async def _then_remove(
+    coro: t.Coroutine[t.Any, t.Any, _T], scoped_sessions: t.Sequence[async_scoped_session[t.Any]]
+) -> _T:
+    try:
+        return await coro
+    finally:
+        for scoped in scoped_sessions:
+            await scoped.remove()
 
 
 for _name in GUARDED_METHODS:

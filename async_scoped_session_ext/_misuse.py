@@ -11,7 +11,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ._app import NOT_INITIALISED, get_state
 from ._runner import runner
-from ._scope import AppContextLike, scope_key
+from ._scope import AppContextLike, in_request, scope_key
 
 if t.TYPE_CHECKING:
     from ._async import async_scoped_session
@@ -82,13 +82,17 @@ def check_async_access() -> None:
 def check_sync_access() -> None:
     """The sync Session may be used here: not on an event loop that serves requests.
 
-    A sync-only Flask app keeps working as before, even in async views run by asgiref.
+    That is a Quart request or websocket, or a Flask app's shared loop. A sync-only Flask
+    app keeps working as before, even in async views run by asgiref, and so do Quart CLI
+    commands, which run inside a loop that waits for them.
     """
     if asyncio._get_running_loop() is None:
         return
     app = scope_key().app
     state = get_state(app)
-    if state is not None and (state.is_quart or state.shared_loop):
+    if state is None:
+        return
+    if (state.is_quart and in_request()) or (state.shared_loop and runner.owns_running_loop()):
         raise TypeError(_SYNC_IN_ASYNC.format(app=app))
 
 

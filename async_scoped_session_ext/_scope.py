@@ -43,6 +43,21 @@ def current_app_context() -> AppContextLike | None:
     return None
 
 
+def in_request() -> bool:
+    """Whether a Quart request or websocket, or a Flask request, is being handled."""
+    for name, variables in _REQUEST_VARIABLES:
+        module = sys.modules.get(name)
+        if module is not None and any(getattr(module, v).get(None) for v in variables):
+            return True
+    return False
+
+
+_REQUEST_VARIABLES = (
+    ("quart.globals", ("_cv_request", "_cv_websocket")),
+    ("flask.globals", ("_cv_request",)),
+)
+
+
 def scope_key() -> AppContextLike:
     """The scope function: the current app context object itself.
 
