@@ -144,19 +144,49 @@ async def close_to_completion(
 async def _bounded_close(
     session: AsyncSession, timeout: float, busy: asyncio.Task[t.Any] | None
 ) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            if busy is not None:
-                await asyncio.wait({busy})
-            await session.close()
-    except TimeoutError:
-        logger.warning(
-            "Closing %r took longer than %s s (is the database reachable?); its connections"
-            " are invalidated instead of being returned to the pool.",
-            session,
-            timeout,
-        )
-        if busy is not None and not busy.done():
-            busy.cancel()  # SQLAlchemy invalidates the connection of a cancelled operation
-            await asyncio.wait({busy}, timeout=timeout)
-        await session.invalidate()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if busy is not None:
+        await asyncio.wait({busy}, timeout=timeout)
+        if not busy.done():
+            await _cancel_and_wait(busy)  # SQLAlchemy invalidates a cancelled operation's conn
+    if await _finish_within(session.close(), deadline - loop.time()):
+        return
+    logger.warning(
+        "Closing %r took longer than %s s (is the database reachable?); its connections"
+        " are invalidated instead of being returned to the pool.",
+        session,
+        timeout,
+    )
+    await _finish_within(session.invalidate(), _GRACE)
+
+
+_GRACE = 0.1
+"""Seconds a cancelled close may take to finish before it is cancelled again."""
+
+
+async def _finish_within(coro: t.Coroutine[t.Any, t.Any, None], timeout: float) -> bool:
+    """Run *coro* for at most *timeout* seconds; cancel it after that. Whether it finished.
+
+    A cancelled SQLAlchemy close first tries the driver's graceful close (asyncpg waits up
+    to 2 s for it); a second cancellation makes it close the connection at once.
+    """
+    task = asyncio.ensure_future(coro)
+    await asyncio.wait({task}, timeout=max(timeout, 0))
+    if task.done():
+        task.result()
+        return True
+    await _cancel_and_wait(task)
+    return False
+
+
+async def _cancel_and_wait(task: asyncio.Task[t.Any]) -> None:
+    """Cancel *task*, again after a short grace if it is still running, then let it end."""
+    for _ in range(2):
+        task.cancel()
+        await asyncio.wait({task}, timeout=_GRACE)
+        if task.done():
+            break
+    await asyncio.wait({task}, timeout=1)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        logger.debug("A cancelled close ended with an error.", exc_info=task.exception())
