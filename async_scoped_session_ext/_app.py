@@ -55,11 +55,31 @@ class AppState:
         running in this thread (Quart and Flask async views), the sync one otherwise (sync
         views, including Quart's, which run in a worker thread).
         """
-        if self.async_default is None:
-            return t.cast("flask_scoped_session[t.Any]", self.sync_default)
-        if self.sync_default is None:
-            return self.async_default
-        return self.async_default if loop_running() else self.sync_default
+        return _pick(self.sync_default, self.async_default)
+
+    def session_named(
+        self, name: str
+    ) -> flask_scoped_session[t.Any] | async_scoped_session[t.Any] | None:
+        """The scoped session called *name* (sync or async, picked as for the default)."""
+        sync: flask_scoped_session[t.Any] | None = None
+        async_: async_scoped_session[t.Any] | None = None
+        for scoped in self.scoped:  # the last one initialised wins, as for the default
+            if scoped.name == name:
+                if scoped.is_async:
+                    async_ = t.cast("async_scoped_session[t.Any]", scoped)
+                else:
+                    sync = t.cast("flask_scoped_session[t.Any]", scoped)
+        return None if sync is None and async_ is None else _pick(sync, async_)
+
+
+def _pick(
+    sync: flask_scoped_session[t.Any] | None, async_: async_scoped_session[t.Any] | None
+) -> flask_scoped_session[t.Any] | async_scoped_session[t.Any]:
+    if async_ is None:
+        return t.cast("flask_scoped_session[t.Any]", sync)
+    if sync is None:
+        return async_
+    return async_ if loop_running() else sync
 
 
 def _watch_failures(app: App, failed: weakref.WeakSet[t.Any]) -> None:
@@ -126,8 +146,11 @@ def register(
             " 'init_app(app)', not both, and call it only once in your app factory."
         )
     state.scoped.append(scoped)
+    # The default is the one named "default", else the first of its kind; among several
+    # named "default", the last initialised (as Flask-SQLAlchemy-Session's app.scoped_session).
     if scoped.is_async:
-        state.async_default = t.cast("async_scoped_session[t.Any]", scoped)
-    else:
+        if scoped.name == "default" or state.async_default is None:
+            state.async_default = t.cast("async_scoped_session[t.Any]", scoped)
+    elif scoped.name == "default" or state.sync_default is None:
         state.sync_default = t.cast("flask_scoped_session[t.Any]", scoped)
     return state

@@ -6,7 +6,7 @@ import typing as t
 
 from werkzeug.local import LocalProxy
 
-from ._app import get_state
+from ._app import AppState, get_state
 from ._scope import NO_APP_CONTEXT_MESSAGE, current_app_context
 
 if t.TYPE_CHECKING:
@@ -26,7 +26,7 @@ class CurrentSession(t.Protocol):
     def __getattr__(self, name: str) -> t.Any: ...
 
 
-def _current_scoped_session() -> AnyScopedSession:
+def _current_state() -> AppState:
     ctx = current_app_context()
     if ctx is None:
         raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
@@ -39,7 +39,34 @@ def _current_scoped_session() -> AnyScopedSession:
             " async_scoped_session(session_factory, app), or call 'init_app(app)' on it in"
             " your app factory."
         )
-    return state.default_session()
+    return state
+
+
+def _current_scoped_session() -> AnyScopedSession:
+    return _current_state().default_session()
+
+
+def get_scoped_session(name: str = "default") -> AnyScopedSession:
+    """The current app's scoped session called *name* (the ``name=`` it was created with).
+
+    Like :data:`current_session`, the async one is picked when an event loop is running in
+    the thread and the app has both kinds under that name. ``get_scoped_session()`` is the
+    default session itself.
+
+    :raises KeyError: when the app has no scoped session of that name.
+    """
+    state = _current_state()
+    if name == "default":
+        return state.default_session()
+    scoped = state.session_named(name)
+    if scoped is None:
+        known = sorted({s.name for s in state.scoped})
+        raise KeyError(
+            f"The current app has no scoped session named {name!r}; it has {known!r}."
+            f" Create one with flask_scoped_session(name={name!r}) or"
+            f" async_scoped_session(name={name!r}) and call 'init_app(app)' on it."
+        )
+    return scoped
 
 
 current_session = t.cast(CurrentSession, LocalProxy(_current_scoped_session))

@@ -71,11 +71,12 @@ class flask_scoped_session(scoped_session[_S]):
     def init_app(self, app: App) -> None:
         """Scope sessions to *app*'s contexts and remove them at context teardown.
 
-        Sets ``app.scoped_session`` to this object, as Flask-SQLAlchemy-Session did.
+        Sets ``app.scoped_session`` to the app's default sync scoped session (this one,
+        unless it has another ``name``), as Flask-SQLAlchemy-Session did.
         """
-        register(app, self)
-        # Flask-SQLAlchemy-Session's public attribute; an app has no type for it.
-        app.scoped_session = self  # type: ignore[attr-defined]
+        state = register(app, self)
+        # Flask-SQLAlchemy-Session's public attribute (the default session); untyped on App.
+        app.scoped_session = state.sync_default  # type: ignore[attr-defined]
 
     def remove(self) -> None:
         """Close and forget the current context's session, if it has one.

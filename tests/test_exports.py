@@ -24,7 +24,12 @@ def test_all_lists_exactly_the_public_names() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     )
     assert async_scoped_session_ext.__all__ == public
-    assert public == ["async_scoped_session", "current_session", "flask_scoped_session"]
+    assert public == [
+        "async_scoped_session",
+        "current_session",
+        "flask_scoped_session",
+        "get_scoped_session",
+    ]
 
 
 def test_star_import_gives_the_public_names() -> None:
