@@ -46,6 +46,12 @@ class AppState:
     #: once an error handler has made a response of the exception.
     failed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
 
+    def current_scoped(
+        self,
+    ) -> list[flask_scoped_session[t.Any] | async_scoped_session[t.Any]]:
+        """The scoped sessions now; the list is replaced, never changed, on (un)register."""
+        return self.scoped
+
     def default_session(
         self,
     ) -> flask_scoped_session[t.Any] | async_scoped_session[t.Any]:
@@ -134,10 +140,10 @@ def register(
         app.extensions[EXTENSION_KEY] = state
         if state.is_quart:
             _watch_failures(app, state.failed)
-            app.teardown_appcontext(quart_teardown(state.scoped, state.failed))
+            app.teardown_appcontext(quart_teardown(state.current_scoped, state.failed))
             t.cast("Quart", app).after_serving(state.engines.dispose)
         else:
-            app.teardown_appcontext(flask_teardown(state.scoped))
+            app.teardown_appcontext(flask_teardown(state.current_scoped))
         app.shell_context_processor(_shell_context)
     if any(existing is scoped for existing in state.scoped):
         raise RuntimeError(
@@ -145,7 +151,7 @@ def register(
             " must be called once per app: pass the app to the constructor or call"
             " 'init_app(app)', not both, and call it only once in your app factory."
         )
-    state.scoped.append(scoped)
+    state.scoped = [*state.scoped, scoped]  # copied, never mutated: teardowns iterate it
     # The default is the one named "default", else the first of its kind; among several
     # named "default", the last initialised (as Flask-SQLAlchemy-Session's app.scoped_session).
     if scoped.is_async:
@@ -154,3 +160,23 @@ def register(
     elif scoped.name == "default" or state.sync_default is None:
         state.sync_default = t.cast("flask_scoped_session[t.Any]", scoped)
     return state
+
+
+def unregister(app: App, scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any]) -> None:
+    """Detach *scoped* from *app*: its sessions are no longer scoped or torn down there.
+
+    Only for a scoped session none of whose sessions is still open in the app.
+    """
+    state = get_state(app)
+    if state is None:
+        return
+    state.scoped = [existing for existing in state.scoped if existing is not scoped]
+    if state.sync_default is scoped:
+        state.sync_default = next(
+            (t.cast("flask_scoped_session[t.Any]", s) for s in state.scoped if not s.is_async),
+            None,
+        )
+    if state.async_default is scoped:
+        state.async_default = next(
+            (t.cast("async_scoped_session[t.Any]", s) for s in state.scoped if s.is_async), None
+        )

@@ -71,6 +71,11 @@ class LoopRunner:
         ready.wait()
         self._loop, self._thread, self._pid = loop, thread, os.getpid()
 
+    @property
+    def started(self) -> bool:
+        """Whether this process's loop is running (it starts on first use)."""
+        return self._loop is not None and self._pid == os.getpid()
+
     def is_loop_thread(self) -> bool:
         """Whether the caller runs in the loop's own thread."""
         return self._thread is threading.current_thread() and self._pid == os.getpid()

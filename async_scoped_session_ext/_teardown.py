@@ -57,7 +57,7 @@ def _warn_if_uncommitted(scoped: Removable, request_failed: bool) -> None:
 
 
 def flask_teardown(
-    scoped_sessions: t.Sequence[Removable],
+    scoped_sessions: t.Callable[[], t.Sequence[Removable]],
 ) -> t.Callable[[BaseException | None], None]:
     """Build the sync teardown registered once on a Flask app.
 
@@ -66,7 +66,7 @@ def flask_teardown(
     """
 
     def _remove_scoped_sessions(exc: BaseException | None) -> None:
-        for scoped in scoped_sessions:
+        for scoped in scoped_sessions():
             if scoped.is_async and not scoped.registry.has():
                 continue  # nothing to close: spare the hop to the shared loop
             try:
@@ -82,7 +82,7 @@ def flask_teardown(
 
 
 def quart_teardown(
-    scoped_sessions: t.Sequence[Removable], failed: t.Container[object]
+    scoped_sessions: t.Callable[[], t.Sequence[Removable]], failed: t.Container[object]
 ) -> t.Callable[[BaseException | None], t.Awaitable[None]]:
     """Build the async teardown registered once on a Quart app.
 
@@ -93,7 +93,7 @@ def quart_teardown(
     async def _remove_scoped_sessions(exc: BaseException | None) -> None:
         cancelled: asyncio.CancelledError | None = None
         request_failed = exc is not None or current_app_context() in failed
-        for scoped in scoped_sessions:
+        for scoped in scoped_sessions():
             try:
                 _warn_if_uncommitted(scoped, request_failed)
                 scoped.registry.mark_closing()

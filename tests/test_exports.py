@@ -25,6 +25,7 @@ def test_all_lists_exactly_the_public_names() -> None:
     )
     assert async_scoped_session_ext.__all__ == public
     assert public == [
+        "EngineRegistry",
         "async_scoped_session",
         "current_session",
         "flask_scoped_session",

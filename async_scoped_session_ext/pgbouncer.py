@@ -1,0 +1,107 @@
+"""Engine options for asyncpg behind PgBouncer in transaction mode.
+
+With ``pool_mode = transaction``, PgBouncer hands each *transaction* to whichever server
+connection is free, and every client shares those server connections. Prepared statements
+are per server connection, so SQLAlchemy's asyncpg dialect fails with its defaults:
+statements prepared in one transaction are missing in the next ("prepared statement ...
+does not exist"), two clients prepare the same sequential name on one server connection
+("... already exists"), or the protocol goes out of step ("insufficient data in buffer").
+
+:func:`transaction_mode` returns the engine options that avoid all three::
+
+    from async_scoped_session_ext.pgbouncer import transaction_mode
+
+    engine = create_async_engine(**transaction_mode("postgresql+asyncpg://app@pgbouncer/app"))
+    # or, for a scoped session made from the app's config:
+    app.config["SQLALCHEMY_ASYNC_ENGINES"] = {"default": transaction_mode(url)}
+"""
+
+from __future__ import annotations
+
+import typing as t
+from uuid import uuid4
+
+from sqlalchemy import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["transaction_mode"]
+
+_URL_CACHE_KEY = "prepared_statement_cache_size"
+_DRIVER_CACHE_KEY = "statement_cache_size"
+_NAME_FUNC_KEY = "prepared_statement_name_func"
+
+
+def statement_name() -> str:
+    """A prepared statement name that no other client of the pooler will use."""
+    return f"__asyncpg_{uuid4()}__"
+
+
+def _shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def transaction_mode(url: str | URL, **engine_options: t.Any) -> dict[str, t.Any]:
+    """Options for ``create_async_engine`` with asyncpg behind PgBouncer's transaction mode.
+
+    The result is ``{"url": ..., "connect_args": {...}, **engine_options}``: pass it as
+    ``create_async_engine(**transaction_mode(url))``, or use it as a value of
+    ``app.config["SQLALCHEMY_ASYNC_ENGINES"]``. It sets three things, and all three are
+    needed (with PgBouncer 1.18, anything less failed under concurrent load):
+
+    * ``prepared_statement_cache_size=0`` in the URL: SQLAlchemy keeps no prepared
+      statement for reuse, so none is used in a later transaction, which may run on
+      another server connection where it does not exist.
+    * ``connect_args["statement_cache_size"] = 0``: asyncpg keeps none either. Its own
+      statements are then unnamed, and it re-parses them for each execution.
+    * ``connect_args["prepared_statement_name_func"]``: a random (UUID) name for each
+      statement SQLAlchemy prepares, instead of asyncpg's sequential ``__asyncpg_stmt_1__``
+      that another client may already have prepared on the same server connection.
+
+    Named statements whose close reaches another server connection stay prepared there
+    until that connection ends; ``server_lifetime`` in PgBouncer bounds how long.
+
+    :param url: a ``postgresql+asyncpg://`` URL of the PgBouncer, as a string or a
+        :class:`sqlalchemy.engine.URL`. A ``prepared_statement_cache_size=0`` query
+        parameter is added to it.
+    :param engine_options: further ``create_async_engine`` arguments, returned as given.
+        ``connect_args`` is merged with the preset's: its other keys are kept, and a
+        ``prepared_statement_name_func`` of its own replaces the UUID names (it must
+        return a name unique across all clients).
+    :returns: the engine options, a new dict; ``"url"`` is a :class:`sqlalchemy.engine.URL`.
+    :raises ValueError: when the URL is not valid or does not name the asyncpg driver, or
+        when an option given would undo the preset (a cache size other than 0).
+    """
+    if isinstance(url, URL):
+        parsed = url
+    else:
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            # SQLAlchemy's message quotes the URL, password included: do not chain it.
+            raise ValueError("transaction_mode(): the url is not a valid database URL.") from None
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "asyncpg":
+        raise ValueError(
+            f"transaction_mode() configures SQLAlchemy's asyncpg driver, but the url"
+            f" {_shown(parsed)!r} uses {parsed.drivername!r}. Use a 'postgresql+asyncpg://'"
+            " URL (pip install asyncpg)."
+        )
+    cache_size = parsed.query.get(_URL_CACHE_KEY)
+    if cache_size is not None and cache_size != "0":
+        raise ValueError(
+            f"transaction_mode(): the url {_shown(parsed)!r} sets {_URL_CACHE_KEY}="
+            f"{cache_size!r}, but PgBouncer's transaction mode needs 0. Remove it from the URL."
+        )
+    connect_args: dict[str, t.Any] = {_DRIVER_CACHE_KEY: 0, _NAME_FUNC_KEY: statement_name}
+    given = engine_options.pop("connect_args", None) or {}
+    if given.get(_DRIVER_CACHE_KEY, 0) != 0:
+        raise ValueError(
+            f"transaction_mode(): connect_args[{_DRIVER_CACHE_KEY!r}] is"
+            f" {given[_DRIVER_CACHE_KEY]!r}, but PgBouncer's transaction mode needs 0."
+            " Leave it out."
+        )
+    connect_args.update(given)
+    return {
+        "url": parsed.update_query_dict({_URL_CACHE_KEY: "0"}),
+        **engine_options,
+        "connect_args": connect_args,
+    }
