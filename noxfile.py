@@ -46,3 +46,10 @@ def bench(session: nox.Session) -> None:
     """Benchmark Flask async + asyncpg: the shared loop against a NullPool session per request."""
     session.install(EXTRAS, "flask[async]", "httpx")
     session.run("python", "-m", "bench.flask_async_asyncpg", *session.posargs)
+
+
+@nox.session(default=False)
+def stress(session: nox.Session) -> None:
+    """Stress a hypercorn-served Quart app on PostgreSQL with faults; report leaks and memory."""
+    session.install(EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("python", "-m", "stress.quart_stress", *session.posargs)

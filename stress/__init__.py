@@ -1,0 +1,1 @@
+"""Stress runs: the library under load and faults, on real servers and databases."""
