@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_sess
 from typing_extensions import TypeVar
 
 from ._app import configured_factory, get_state, register
+from ._engines import guard_fork
 from ._guard import GUARDED_METHODS, SessionClaims, guarded
 from ._misuse import check_async_access, check_async_factory, check_new_scope
 from ._runner import loop_running, runner
@@ -95,16 +96,17 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         the process exits.
         """
         state = register(app, self)
+        bind = self._session_factory.kw.get("bind") if self._session_factory else None
+        if isinstance(bind, AsyncEngine):
+            guard_fork(bind)  # a forked worker must not share the parent's connections
         if state.is_quart:
             return
         state.shared_loop = self.shared_loop
         if self.shared_loop:
             flask_app = t.cast("Flask", app)
             flask_app.async_to_sync = runner.async_to_sync  # type: ignore[method-assign]
-        if self._session_factory is not None:
-            bind = self._session_factory.kw.get("bind")
-            if isinstance(bind, AsyncEngine):
-                runner.dispose_at_exit(bind)
+        if isinstance(bind, AsyncEngine):
+            runner.dispose_at_exit(bind)
 
     def __call__(self, **kw: t.Any) -> _AS:
         check_async_access()

@@ -42,9 +42,16 @@ def guard_fork(engine: AnyEngine) -> None:
     _known_engines.add(engine.sync_engine if isinstance(engine, AsyncEngine) else engine)
 
 
+# The parent's pools, kept alive in a forked child: a driver's finaliser must never run on a
+# connection the parent still uses (asyncpg's sends Terminate on the shared socket and
+# unregisters it from the parent's epoll set).
+_inherited_pools: list[object] = []
+
+
 def _after_fork_in_child() -> None:
     for engine in list(_known_engines):
-        engine.dispose(close=False)  # forget the parent's connections, do not close them
+        _inherited_pools.append(engine.pool)
+        engine.dispose(close=False)  # a new pool for the child; the parent's stays untouched
 
 
 def _dispose_created_sync_engines() -> None:
@@ -136,11 +143,14 @@ class AppEngines:
                 raise RuntimeError("The app of these engines no longer exists.")
             engine = create_configured_engine(app.config, name, is_async)
             self._engines[(name, is_async)] = engine
-            if not self._is_quart:  # a Quart app disposes them in after_serving
-                if isinstance(engine, AsyncEngine):
+            # A Quart app disposes them in after_serving; what is left at exit (engines made
+            # by CLI commands, which never serve) is disposed then. An async engine can only
+            # be disposed at exit if its connections live on the shared loop.
+            if isinstance(engine, AsyncEngine):
+                if not self._is_quart or runner.owns_running_loop():
                     runner.dispose_at_exit(engine)
-                else:
-                    _created_sync_engines.add(engine)
+            else:
+                _created_sync_engines.add(engine)
         return engine
 
     def created(self) -> list[AnyEngine]:

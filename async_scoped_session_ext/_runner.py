@@ -149,11 +149,10 @@ class LoopRunner:
     def _after_fork_in_child(self) -> None:
         # The parent's loop thread does not exist here, and its pooled connections belong
         # to the parent: forget both without closing what the parent still uses.
+        # (The engines' own at-fork hook gives each engine a new pool in the child.)
         self._lock = threading.Lock()
         self._loop = self._thread = None
         self._background = set()
-        for engine in list(self._engines):
-            engine.sync_engine.dispose(close=False)
 
 
 runner = LoopRunner()

@@ -6,10 +6,12 @@ import contextlib
 import functools
 import typing as t
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from typing_extensions import TypeVar
 
 from ._app import configured_factory, register
+from ._engines import guard_fork
 from ._misuse import check_new_scope, check_sync_access, check_sync_factory
 from ._scope import ContextRegistry, scope_key
 
@@ -75,6 +77,9 @@ class flask_scoped_session(scoped_session[_S]):
         unless it has another ``name``), as Flask-SQLAlchemy-Session did.
         """
         state = register(app, self)
+        bind = getattr(self._session_factory, "kw", {}).get("bind")
+        if isinstance(bind, Engine):
+            guard_fork(bind)  # a forked worker must not share the parent's connections
         # Flask-SQLAlchemy-Session's public attribute (the default session); untyped on App.
         app.scoped_session = state.sync_default  # type: ignore[attr-defined]
 
