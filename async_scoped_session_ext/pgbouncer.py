@@ -2,10 +2,11 @@
 
 With ``pool_mode = transaction``, PgBouncer hands each *transaction* to whichever server
 connection is free, and every client shares those server connections. Prepared statements
-are per server connection, so SQLAlchemy's asyncpg dialect fails with its defaults:
-statements prepared in one transaction are missing in the next ("prepared statement ...
-does not exist"), two clients prepare the same sequential name on one server connection
-("... already exists"), or the protocol goes out of step ("insufficient data in buffer").
+are per server connection, so SQLAlchemy's asyncpg dialect fails with its defaults, and
+with only part of the fix: statements prepared in one transaction are missing in the next
+("prepared statement ... does not exist"), two processes prepare the same sequential name
+on one server connection ("... already exists"), or the protocol goes out of step
+("insufficient data in buffer").
 
 :func:`transaction_mode` returns the engine options that avoid all three::
 
@@ -45,20 +46,24 @@ def transaction_mode(url: str | URL, **engine_options: t.Any) -> dict[str, t.Any
 
     The result is ``{"url": ..., "connect_args": {...}, **engine_options}``: pass it as
     ``create_async_engine(**transaction_mode(url))``, or use it as a value of
-    ``app.config["SQLALCHEMY_ASYNC_ENGINES"]``. It sets three things, and all three are
-    needed (with PgBouncer 1.18, anything less failed under concurrent load):
+    ``app.config["SQLALCHEMY_ASYNC_ENGINES"]``. It sets three things; which of them a given
+    asyncpg version needs differs, and only all three passed on every version tested:
 
     * ``prepared_statement_cache_size=0`` in the URL: SQLAlchemy keeps no prepared
       statement for reuse, so none is used in a later transaction, which may run on
       another server connection where it does not exist.
-    * ``connect_args["statement_cache_size"] = 0``: asyncpg keeps none either. Its own
-      statements are then unnamed, and it re-parses them for each execution.
+    * ``connect_args["statement_cache_size"] = 0``: asyncpg keeps none either. From
+      asyncpg 0.31, a statement prepared without a name is then unnamed, and parsed again
+      for each execution.
     * ``connect_args["prepared_statement_name_func"]``: a random (UUID) name for each
       statement SQLAlchemy prepares, instead of asyncpg's sequential ``__asyncpg_stmt_1__``
-      that another client may already have prepared on the same server connection.
+      (counted per process, and used even with the cache off before asyncpg 0.31), which
+      another process may already have prepared on the same server connection.
 
-    Named statements whose close reaches another server connection stay prepared there
-    until that connection ends; ``server_lifetime`` in PgBouncer bounds how long.
+    asyncpg closes a named statement later, possibly in a transaction that PgBouncer runs on
+    another server connection, so such statements pile up on the server until PgBouncer
+    closes the connection (``server_lifetime``). ``server_reset_query_always = 1`` in
+    PgBouncer clears them after every transaction. See ``docs/pgbouncer.md``.
 
     :param url: a ``postgresql+asyncpg://`` URL of the PgBouncer, as a string or a
         :class:`sqlalchemy.engine.URL`. A ``prepared_statement_cache_size=0`` query
