@@ -45,6 +45,14 @@ class AppState:
     #: Quart only: contexts whose request raised. Quart hands its teardowns ``exc=None``
     #: once an error handler has made a response of the exception.
     failed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
+    #: Scoped sessions reached only through an ``EngineRegistry``, never by name.
+    unnamed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
+
+    def named_scoped(
+        self,
+    ) -> list[flask_scoped_session[t.Any] | async_scoped_session[t.Any]]:
+        """The scoped sessions ``get_scoped_session`` may return."""
+        return [scoped for scoped in self.scoped if scoped not in self.unnamed]
 
     def current_scoped(
         self,
@@ -69,7 +77,7 @@ class AppState:
         """The scoped session called *name* (sync or async, picked as for the default)."""
         sync: flask_scoped_session[t.Any] | None = None
         async_: async_scoped_session[t.Any] | None = None
-        for scoped in self.scoped:  # the last one initialised wins, as for the default
+        for scoped in self.named_scoped():  # the last one initialised wins, as for the default
             if scoped.name == name:
                 if scoped.is_async:
                     async_ = t.cast("async_scoped_session[t.Any]", scoped)
@@ -129,10 +137,11 @@ def get_state(app: App) -> AppState | None:
     return t.cast("AppState | None", app.extensions.get(EXTENSION_KEY))
 
 
-def register(
-    app: App, scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any]
-) -> AppState:
-    """Attach *scoped* to *app*, registering the app's shared teardown the first time."""
+def ensure_state(app: App) -> AppState:
+    """The app's state, made on the first call with the app's shared teardown.
+
+    Call it while the app is being set up: Flask refuses new teardowns once it serves.
+    """
     state = get_state(app)
     if state is None:
         is_quart = is_quart_app(app)
@@ -145,6 +154,21 @@ def register(
         else:
             app.teardown_appcontext(flask_teardown(state.current_scoped))
         app.shell_context_processor(_shell_context)
+    return state
+
+
+def register(
+    app: App,
+    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any],
+    *,
+    named: bool = True,
+) -> AppState:
+    """Attach *scoped* to *app*, registering the app's shared teardown the first time.
+
+    With ``named=False`` (an ``EngineRegistry``'s sessions) its sessions are scoped and torn
+    down as usual, but it is never the app's default nor found by ``get_scoped_session``.
+    """
+    state = ensure_state(app)
     if any(existing is scoped for existing in state.scoped):
         raise RuntimeError(
             f"This {type(scoped).__name__} is already initialised on {app!r}. 'init_app'"
@@ -152,6 +176,9 @@ def register(
             " 'init_app(app)', not both, and call it only once in your app factory."
         )
     state.scoped = [*state.scoped, scoped]  # copied, never mutated: teardowns iterate it
+    if not named:
+        state.unnamed.add(scoped)
+        return state
     # The default is the one named "default", else the first of its kind; among several
     # named "default", the last initialised (as Flask-SQLAlchemy-Session's app.scoped_session).
     if scoped.is_async:

@@ -43,7 +43,16 @@ def _current_state() -> AppState:
 
 
 def _current_scoped_session() -> AnyScopedSession:
-    return _current_state().default_session()
+    state = _current_state()
+    scoped: AnyScopedSession | None = state.default_session()
+    if scoped is None:
+        raise AttributeError(
+            "The current app has no default scoped session: its only scoped sessions belong"
+            " to an EngineRegistry, and current_session never stands for one of them. Use"
+            " 'registry[key]' for a key's session, or create a flask_scoped_session or"
+            " async_scoped_session for the app's own database."
+        )
+    return scoped
 
 
 def get_scoped_session(name: str = "default") -> AnyScopedSession:
@@ -57,10 +66,10 @@ def get_scoped_session(name: str = "default") -> AnyScopedSession:
     """
     state = _current_state()
     if name == "default":
-        return state.default_session()
+        return _current_scoped_session()
     scoped = state.session_named(name)
     if scoped is None:
-        known = sorted({s.name for s in state.scoped})
+        known = sorted({s.name for s in state.named_scoped()})
         raise KeyError(
             f"The current app has no scoped session named {name!r}; it has {known!r}."
             f" Create one with flask_scoped_session(name={name!r}) or"

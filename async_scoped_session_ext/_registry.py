@@ -13,15 +13,18 @@ from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
-from ._app import unregister
+from ._app import ensure_state, register, unregister
 from ._async import async_scoped_session
 from ._engines import guard_fork
 from ._runner import runner
+from ._scope import current_app_context
 from ._sync import flask_scoped_session
 from ._teardown import logger
 
 if t.TYPE_CHECKING:
+    from flask import Flask
     from flask.sansio.app import App
+    from quart import Quart
 
 AnyScoped = flask_scoped_session[t.Any] | async_scoped_session[t.Any]
 
@@ -32,6 +35,8 @@ class _Entry:
     label: str
     engine: Engine | AsyncEngine
     scoped: AnyScoped
+    #: The event loop an async engine's sessions were handed out on (its connections' loop).
+    loop: asyncio.AbstractEventLoop | None = None
 
     def in_use(self) -> bool:
         """Whether a session of this entry is still open somewhere, or holds a connection."""
@@ -49,17 +54,21 @@ class EngineRegistry:
     The key is a database URL, or, with *url_for*, any key (a tenant id) that *url_for*
     turns into a URL. ``registry[key]`` is that key's scoped session (sync or async by
     *is_async*), scoped to the app context like any other and torn down with it, so a
-    request for one tenant can never be handed another tenant's session.
+    request for one tenant can never be handed another tenant's session. Called inside an
+    app context, ``registry[key]`` opens the context's session right away, so the engine
+    cannot be disposed before the context ends: call it in each context rather than keeping
+    the scoped session it returns.
 
     Past *max_engines*, the least recently used key is evicted: its engine is disposed as
     soon as none of its sessions is open and no connection is checked out (at once if that
-    is already so, later otherwise); an async engine is disposed on the event loop that uses
-    it. Concurrent first requests for one key make one engine. URLs appear in reprs, logs and
-    errors only with the password hidden.
+    is already so, otherwise by a later ``registry[key]`` or :meth:`reap`); an async engine
+    is disposed on the event loop its sessions were used on. Asking again for an evicted key
+    whose engine is still busy brings that engine back. Concurrent first requests for one
+    key make one engine. URLs appear in reprs, logs and errors only with the password hidden.
 
     :param url_for: turns a key into a database URL; by default the key is the URL.
     :param is_async: make ``AsyncEngine`` / ``async_scoped_session`` instead of sync ones.
-    :param max_engines: how many engines may exist at once.
+    :param max_engines: how many engines may exist at once, not counting busy evicted ones.
     :param engine_options: keyword arguments for ``create_engine`` / ``create_async_engine``.
     :param session_options: keyword arguments for the session factory.
     :param app: an app to initialise, as with :meth:`init_app`.
@@ -93,11 +102,27 @@ class EngineRegistry:
             self.init_app(app)
 
     def init_app(self, app: App) -> None:
-        """Scope this registry's sessions to *app*'s contexts too."""
+        """Scope this registry's sessions to *app*'s contexts too.
+
+        A Quart app also awaits :meth:`aclose` after serving.
+        """
         with self._lock:
+            if app not in self._apps:
+                state = ensure_state(app)  # now: Flask refuses a teardown once serving
+                if state.is_quart:
+                    t.cast("Quart", app).after_serving(self.aclose)
+                elif self.is_async:  # as async_scoped_session.init_app does
+                    state.shared_loop = True
+                    t.cast("Flask", app).async_to_sync = runner.async_to_sync  # type: ignore[method-assign]
             self._apps.add(app)
             for entry in [*self._entries.values(), *self._retired]:
-                entry.scoped.init_app(app)
+                self._attach(entry, app)
+
+    def _attach(self, entry: _Entry, app: App) -> None:
+        """Scope *entry*'s sessions to *app*, never as its default or a named session."""
+        state = register(app, entry.scoped, named=False)
+        if isinstance(entry.engine, AsyncEngine) and not state.is_quart:
+            runner.dispose_at_exit(entry.engine)
 
     def __getitem__(self, key: str) -> AnyScoped:
         """The scoped session for *key*, making its engine on first use."""
@@ -105,14 +130,16 @@ class EngineRegistry:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                return entry.scoped
-            entry = self._make(key)
-            self._entries[key] = entry
-            while len(self._entries) > self.max_engines:
-                _, evicted = self._entries.popitem(last=False)
-                self._retired.append(evicted)
-            self._reap()
-            return entry.scoped
+            else:
+                entry = self._revive(key) or self._make(key)
+                self._entries[key] = entry
+                while len(self._entries) > self.max_engines:
+                    _, evicted = self._entries.popitem(last=False)
+                    self._retired.append(evicted)
+            self._pin(entry)
+            free = self._take_free()
+        self._dispose(free)
+        return entry.scoped
 
     def __len__(self) -> int:
         """How many engines are in use: the registered ones plus evicted ones still busy."""
@@ -125,8 +152,9 @@ class EngineRegistry:
             return list(self._entries)
 
     def __repr__(self) -> str:
-        labels = ", ".join(entry.label for entry in self._entries.values())
-        return f"<EngineRegistry {len(self._entries)}/{self.max_engines} [{labels}]>"
+        with self._lock:
+            labels = ", ".join(entry.label for entry in self._entries.values())
+            return f"<EngineRegistry {len(self._entries)}/{self.max_engines} [{labels}]>"
 
     def _make(self, key: str) -> _Entry:
         url = make_url(self._url_for(key) if self._url_for is not None else key)
@@ -142,41 +170,108 @@ class EngineRegistry:
             engine = create_engine(url, **self._engine_options)
             scoped = flask_scoped_session(sessionmaker(engine, **self._session_options), name=label)
         guard_fork(engine)
+        entry = _Entry(key, label, engine, scoped)
         for app in self._apps:
-            scoped.init_app(app)
+            self._attach(entry, app)
         self.created += 1
-        return _Entry(key, label, engine, scoped)
+        return entry
 
-    def _reap(self) -> None:
-        """Dispose the evicted engines that nothing uses any more."""
-        for entry in list(self._retired):
-            if entry.in_use():
-                continue
-            if isinstance(entry.engine, AsyncEngine) and not self._dispose_async(entry.engine):
-                continue  # no loop to dispose it on yet: try again on a later call
+    def _revive(self, key: str) -> _Entry | None:
+        """The evicted, still busy entry for *key*, taken back: one engine per key at most."""
+        for entry in self._retired:
+            if entry.key == key:
+                self._retired.remove(entry)
+                return entry
+        return None
+
+    def _pin(self, entry: _Entry) -> None:
+        """Open the current context's session of *entry*, so that eviction waits for it.
+
+        Otherwise another thread could evict and dispose the engine between
+        ``registry[key]`` and the first use of the scoped session it returned.
+        """
+        ctx = current_app_context()
+        if ctx is None or ctx.app not in self._apps:
+            return
+        if isinstance(entry.engine, AsyncEngine) and entry.loop is None:
+            entry.loop = asyncio._get_running_loop()
+        try:
+            entry.scoped.registry()
+        except RuntimeError:
+            pass  # a context being torn down: using the session raises this error itself
+
+    def _take_free(self) -> list[_Entry]:
+        """Take the evicted entries nothing uses any more out of the registry and the apps."""
+        free = [entry for entry in self._retired if not entry.in_use()]
+        for entry in free:
             self._retired.remove(entry)
             for app in self._apps:
                 unregister(app, entry.scoped)
-            if isinstance(entry.engine, Engine):
+        return free
+
+    def _dispose(self, entries: list[_Entry]) -> None:
+        """Dispose the engines of *entries*, outside the lock (closing connections is I/O)."""
+        for entry in entries:
+            if isinstance(entry.engine, AsyncEngine):
+                self._dispose_async(entry.engine, entry.loop)
+            else:
                 entry.engine.dispose()
-            self.disposed += 1
+            with self._lock:
+                self.disposed += 1
             logger.debug("Disposed the engine of %s (evicted).", entry.label)
 
-    def _dispose_async(self, engine: AsyncEngine) -> bool:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            if runner.is_loop_thread() or not runner.started:
-                return False
-            runner.run_soon(engine.dispose())
-            return True
-        task = loop.create_task(engine.dispose())
-        self._disposals.add(task)
-        task.add_done_callback(self._disposals.discard)
-        return True
+    def _dispose_async(self, engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Dispose *engine* on *loop*, without waiting for a loop in another thread."""
+        if loop is None:  # never used in async code, so it has no connection to close
+            engine.sync_engine.dispose()
+        elif loop is asyncio._get_running_loop():
+            self._start_disposal(engine)
+        elif loop.is_closed():
+            logger.warning(
+                "The event loop of an evicted async engine is closed; its pooled"
+                " connections are dropped without being closed."
+            )
+            engine.sync_engine.dispose(close=False)
+        else:  # the loop runs in another thread, or will run again
+            loop.call_soon_threadsafe(self._start_disposal, engine)
+
+    def _start_disposal(self, engine: AsyncEngine) -> None:
+        task = asyncio.get_running_loop().create_task(engine.dispose())
+        with self._lock:
+            self._disposals.add(task)
+        task.add_done_callback(self._disposal_done)
+
+    def _disposal_done(self, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            self._disposals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Disposing an evicted engine failed.", exc_info=task.exception())
 
     def reap(self) -> int:
         """Dispose what eviction left busy and is free now; return how many remain busy."""
         with self._lock:
-            self._reap()
-            return len(self._retired)
+            free = self._take_free()
+            busy = len(self._retired)
+        self._dispose(free)
+        return busy
+
+    def close(self) -> None:
+        """Evict every key: dispose the engines not in use now, the others once free.
+
+        The registry stays usable; a later ``registry[key]`` makes a new engine. Async
+        engines are disposed on their event loop without waiting; :meth:`aclose` waits.
+        """
+        with self._lock:
+            self._retired.extend(self._entries.values())
+            self._entries.clear()
+            free = self._take_free()
+        self._dispose(free)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the disposals it started on the running loop."""
+        self.close()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pending = [task for task in self._disposals if task.get_loop() is loop]
+        if pending:
+            await asyncio.wait(pending)

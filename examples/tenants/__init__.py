@@ -1,0 +1,1 @@
+"""A multi-tenant notes API on Quart: one SQLite database per tenant, picked per request."""
