@@ -128,21 +128,20 @@ def test_run_soon_from_the_loop_thread_schedules(loop_runner: LoopRunner) -> Non
     assert done.wait(5)
 
 
-def test_forked_child_starts_its_own_loop(loop_runner: LoopRunner) -> None:
-    """A forked child gets a new loop thread; the parent's loop keeps working."""
+async def _thread_id() -> int:
+    return threading.get_native_id()
 
-    async def thread_id() -> int:
-        return threading.get_native_id()
 
-    parent_thread = loop_runner.run(thread_id())
+def _loop_thread_in_a_forked_child(runner: LoopRunner, reset_by_hand: bool) -> int:
+    """Fork; in the child, run a coroutine on *runner*; return the child's loop thread id."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            loop_runner._after_fork_in_child()
-            child_thread = loop_runner.run(thread_id())
-            os.write(write_end, f"{child_thread}".encode())
+            if reset_by_hand:  # a private runner has no at-fork hook of its own
+                runner._after_fork_in_child()
+            os.write(write_end, f"{runner.run(_thread_id())}".encode())
             code = 0
         finally:
             os._exit(code)
@@ -151,34 +150,23 @@ def test_forked_child_starts_its_own_loop(loop_runner: LoopRunner) -> None:
     child_output = os.read(read_end, 100).decode()
     os.close(read_end)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert child_output and int(child_output) != 0
-    assert loop_runner.run(thread_id()) == parent_thread
+    return int(child_output)
+
+
+def test_forked_child_starts_its_own_loop(loop_runner: LoopRunner) -> None:
+    """A forked child gets a new loop thread; the parent's loop keeps working."""
+    parent_thread = loop_runner.run(_thread_id())
+    assert _loop_thread_in_a_forked_child(loop_runner, reset_by_hand=True) != parent_thread
+    assert loop_runner.run(_thread_id()) == parent_thread
 
 
 def test_shared_runner_restarts_after_a_real_fork() -> None:
     """The process's runner is reset by its at-fork hook: the child runs on a loop of its own."""
     from async_scoped_session_ext._runner import runner
 
-    async def thread_id() -> int:
-        return threading.get_native_id()
-
-    parent_thread = runner.run(thread_id())
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.write(write_end, f"{runner.run(thread_id())}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    _, status = os.waitpid(pid, 0)
-    child_output = os.read(read_end, 100).decode()
-    os.close(read_end)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert child_output and int(child_output) != parent_thread
-    assert runner.run(thread_id()) == parent_thread
+    parent_thread = runner.run(_thread_id())
+    assert _loop_thread_in_a_forked_child(runner, reset_by_hand=False) != parent_thread
+    assert runner.run(_thread_id()) == parent_thread
 
 
 def test_engines_are_disposed_at_exit() -> None:
