@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc as cabc
+import contextlib
 import functools
 import os
 import sys
@@ -154,6 +155,30 @@ async def async_engine(async_backend: str, tmp_path: Path) -> cabc.AsyncIterator
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
         await engine.dispose()
+
+
+@contextlib.contextmanager
+def engine_on_shared_loop(url: str, **options: t.Any) -> cabc.Iterator[AsyncEngine]:
+    """An async engine with fresh tables, its connections on the library's shared loop.
+
+    Flask async views and ``run()`` use that loop; afterwards no connection may be checked
+    out, and the engine is disposed there.
+    """
+    from async_scoped_session_ext._runner import runner
+
+    engine = create_async_engine(url, **options)
+
+    async def reset_tables() -> None:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+
+    runner.run(reset_tables())
+    try:
+        yield engine
+        assert engine.pool.checkedout() == 0, "a connection was left checked out"  # type: ignore[attr-defined]
+    finally:
+        runner.run(engine.dispose())
 
 
 def _pushed_contexts() -> list[object]:

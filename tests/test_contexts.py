@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import DetachedInstanceError
@@ -39,11 +38,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
-from async_scoped_session_ext._runner import runner
 from async_scoped_session_ext._scope import current_app_context
 
-from .conftest import database_url
-from .models import Base, Todo
+from .conftest import database_url, engine_on_shared_loop
+from .models import Todo
 from .test_servers import serving_asgi, serving_wsgi
 
 TIMEOUT = 10.0  # seconds any single wait may take
@@ -1016,19 +1014,8 @@ def test_flask_cli_command_gets_one_session(flask_setup: FlaskSetup) -> None:
 @pytest.fixture
 def runner_engine(async_backend: str, tmp_path: Path) -> cabc.Iterator[AsyncEngine]:
     """An async engine whose connections live on the library's shared loop, where run() runs."""
-    engine = create_async_engine(database_url(async_backend, tmp_path))
-
-    async def reset_tables() -> None:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-
-    runner.run(reset_tables())
-    try:
+    with engine_on_shared_loop(database_url(async_backend, tmp_path)) as engine:
         yield engine
-        assert engine.pool.checkedout() == 0, "a connection was left checked out"  # type: ignore[attr-defined]
-    finally:
-        runner.run(engine.dispose())
 
 
 def test_quart_cli_command_closes_its_sessions_after_run(runner_engine: AsyncEngine) -> None:

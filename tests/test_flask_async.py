@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
@@ -27,7 +26,7 @@ from werkzeug.serving import make_server
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext._runner import runner
 
-from .conftest import database_url, postgres_url
+from .conftest import database_url, engine_on_shared_loop, postgres_url
 from .models import Base, Todo
 
 POOL_SIZE, MAX_OVERFLOW = 5, 10
@@ -45,24 +44,13 @@ def engine(async_backend: str, tmp_path: Path, app_name: str) -> cabc.Iterator[A
     connect_args: dict[str, t.Any] = {}
     if async_backend == "asyncpg":
         connect_args = {"server_settings": {"application_name": app_name}}
-    engine = create_async_engine(
+    with engine_on_shared_loop(
         database_url(async_backend, tmp_path),
         pool_size=POOL_SIZE,
         max_overflow=MAX_OVERFLOW,
         connect_args=connect_args,
-    )
-
-    async def reset_tables() -> None:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-
-    runner.run(reset_tables())
-    try:
+    ) as engine:
         yield engine
-        assert engine.pool.checkedout() == 0, "a connection was left checked out"  # type: ignore[attr-defined]
-    finally:
-        runner.run(engine.dispose())
 
 
 @pytest.fixture
