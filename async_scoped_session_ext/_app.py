@@ -47,6 +47,9 @@ class AppState:
     failed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
     #: Scoped sessions reached only through an ``EngineRegistry``, never by name.
     unnamed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
+    #: Session factories that replace a scoped session's own in this app, while a test
+    #: isolates the app's database work in a transaction (``testing.isolate``).
+    overrides: dict[t.Any, AnyFactory] = field(default_factory=dict)
 
     def named_scoped(
         self,
@@ -119,6 +122,26 @@ NOT_INITIALISED = (
     " its sessions here. Did you forget to call 'init_app(app)' in your app factory, or is"
     " this session object meant for another app?"
 )
+
+
+def session_factory_for(
+    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any],
+    given: AnyFactory | None,
+) -> AnyFactory:
+    """The factory *scoped* makes sessions with now, in the current app (if any).
+
+    A test's override for the current app first, then the factory given to the
+    constructor, then the one made from the current app's config.
+    """
+    ctx = current_app_context()
+    state = get_state(ctx.app) if ctx is not None else None
+    if state is not None and state.overrides:
+        override = state.overrides.get(scoped)
+        if override is not None:
+            return override
+    if given is not None:
+        return given
+    return configured_factory(scoped)
 
 
 def configured_factory(

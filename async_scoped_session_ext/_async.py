@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
 from typing_extensions import TypeVar
 
-from ._app import configured_factory, get_state, register
+from ._app import get_state, register, session_factory_for
 from ._engines import guard_fork
 from ._guard import GUARDED_METHODS, SessionClaims, guarded
 from ._misuse import check_async_access, check_async_factory, check_new_scope
@@ -80,9 +80,7 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
     @property
     def session_factory(self) -> async_sessionmaker[_AS]:
         """The factory given to the constructor, or the current app's, made from its config."""
-        if self._session_factory is not None:
-            return self._session_factory
-        return t.cast("async_sessionmaker[_AS]", configured_factory(self))
+        return t.cast("async_sessionmaker[_AS]", session_factory_for(self, self._session_factory))
 
     @session_factory.setter
     def session_factory(self, factory: async_sessionmaker[_AS] | None) -> None:

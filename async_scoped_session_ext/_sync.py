@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from typing_extensions import TypeVar
 
-from ._app import configured_factory, register
+from ._app import register, session_factory_for
 from ._engines import guard_fork
 from ._misuse import check_new_scope, check_sync_access, check_sync_factory
 from ._scope import ContextRegistry, scope_key
@@ -62,9 +62,7 @@ class flask_scoped_session(scoped_session[_S]):
     @property
     def session_factory(self) -> sessionmaker[_S]:
         """The factory given to the constructor, or the current app's, made from its config."""
-        if self._session_factory is not None:
-            return self._session_factory
-        return t.cast("sessionmaker[_S]", configured_factory(self))
+        return t.cast("sessionmaker[_S]", session_factory_for(self, self._session_factory))
 
     @session_factory.setter
     def session_factory(self, factory: sessionmaker[_S] | None) -> None:

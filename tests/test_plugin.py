@@ -1,0 +1,218 @@
+"""The pytest plugin, run on a small project with ``pytester``: every test is rolled back."""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import importlib
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select, text
+
+from .conftest import database_url
+from .plugin_project import APP_MODULE, BASE_INI, INI, TESTS
+
+pytest_plugins = ["pytester"]
+
+# Imported here, not first in an in-process inner run: pytester unloads what a run imported,
+# SQLAlchemy warns when a dialect module registers its functions a second time, and a C
+# extension (asyncpg's) must not be initialised twice in one process.
+for _module in (
+    "aiosqlite",
+    "asyncpg",
+    "psycopg",
+    "quart",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "sqlalchemy.dialects.sqlite.aiosqlite",
+):
+    importlib.import_module(_module)
+
+metadata = MetaData()
+items = Table(
+    "plugin_item",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50)),
+)
+
+# (kind of app, backend of its sessions)
+CASES = [
+    ("flask", "sqlite"),
+    ("flask", "postgresql"),
+    ("flask_async", "aiosqlite"),
+    ("flask_async", "asyncpg"),
+    ("quart", "aiosqlite"),
+    ("quart", "asyncpg"),
+]
+
+
+def sync_twin(url: str) -> str:
+    """The same database through a sync driver, to check it from outside the test run."""
+    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, tmp_path: Path) -> cabc.Iterator[pytest.Pytester]:
+    """An empty project directory with the app module."""
+    pytester.makepyfile(app_under_test=APP_MODULE)
+    yield pytester
+
+
+def make_schema(url: str) -> None:
+    engine = create_engine(sync_twin(url))
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    engine.dispose()
+
+
+def rows_and_other_connections(url: str) -> tuple[int, int]:
+    """How many rows the table has, and how many other connections the database has."""
+    engine = create_engine(sync_twin(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.scalar(select(func.count()).select_from(items)) or 0
+            others = 0
+            if connection.dialect.name == "postgresql":
+                others = connection.scalar(
+                    text(
+                        "select count(*) from pg_stat_activity where datname ="
+                        " current_database() and pid <> pg_backend_pid()"
+                    )
+                )
+        metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+    return rows, others or 0
+
+
+@pytest.mark.parametrize(("kind", "backend"), CASES)
+def test_each_test_is_rolled_back(
+    project: pytest.Pytester, tmp_path: Path, kind: str, backend: str
+) -> None:
+    """Commits by views and by the test's session are gone in the next test, failing or not."""
+    url = database_url(backend, tmp_path)
+    make_schema(url)
+    url_option = "asse_database_url" if kind == "flask" else "asse_async_database_url"
+    project.makeini(INI.format(kind=kind, url_option=url_option, url=url))
+    project.makepyfile(test_app=TESTS[kind])
+
+    result = project.runpytest("-p", "no:cacheprovider")
+
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["*test_fails_after_commit*", "*fails on purpose*"])
+    assert rows_and_other_connections(url) == (0, 0)
+
+
+def test_a_later_run_starts_empty(project: pytest.Pytester, tmp_path: Path) -> None:
+    """Run the same passing test twice: the second run sees none of the first one's commits."""
+    url = database_url("sqlite", tmp_path)
+    make_schema(url)
+    project.makeini(INI.format(kind="flask", url_option="asse_database_url", url=url))
+    project.makepyfile(
+        test_twice="""
+        def test_add(client):
+            assert client.post("/items/x").json == {"count": 1}
+        """
+    )
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert rows_and_other_connections(url) == (0, 0)
+
+
+def test_inert_without_asse_app(project: pytest.Pytester) -> None:
+    """Installed but not enabled, the plugin adds no fixture that could shadow another."""
+    project.makeini(BASE_INI)
+    project.makepyfile(
+        test_plain="""
+        def test_uses_client(client):
+            pass
+        """
+    )
+    result = project.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'client' not found*"])
+    fixtures = project.runpytest("--fixtures", "-p", "no:cacheprovider")
+    assert "isolated_db" not in fixtures.stdout.str()
+
+
+def test_own_app_fixture_with_pytest_plugins(project: pytest.Pytester, tmp_path: Path) -> None:
+    """A project that builds its app itself enables the fixtures from its conftest."""
+    url = database_url("postgresql", tmp_path)
+    make_schema(url)
+    project.makeini(BASE_INI)
+    project.makeconftest(
+        f"""
+        import pytest
+        from app_under_test import create_flask
+
+        pytest_plugins = ["async_scoped_session_ext.fixtures"]
+
+        @pytest.fixture
+        def app():
+            return create_flask({{"SQLALCHEMY_ENGINES": {{"default": {url!r}}}}})
+        """
+    )
+    project.makepyfile(
+        test_own="""
+        def test_first(client):
+            assert client.post("/items/x").json == {"count": 1}
+
+        def test_second(client):
+            assert client.post("/items/y").json == {"count": 1}
+        """
+    )
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert rows_and_other_connections(url) == (0, 0)
+
+
+def test_app_factory_without_config_argument(project: pytest.Pytester, tmp_path: Path) -> None:
+    """A factory that takes no argument gets ``app_config`` applied to the app it returns."""
+    url = database_url("sqlite", tmp_path)
+    make_schema(url)
+    project.makepyfile(
+        factory_without_argument="""
+        from app_under_test import create_flask
+
+        def make():
+            return create_flask({"SQLALCHEMY_ENGINES": {"other": "sqlite://"}})
+        """
+    )
+    project.makeini(
+        INI.format(kind="flask", url_option="asse_database_url", url=url).replace(
+            "app_under_test:create_flask", "factory_without_argument:make"
+        )
+    )
+    project.makepyfile(
+        test_config="""
+        def test_config(app, client):
+            assert app.config["TESTING"] is True
+            assert set(app.config["SQLALCHEMY_ENGINES"]) == {"default", "other"}
+            assert client.post("/items/x").json == {"count": 1}
+        """
+    )
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert rows_and_other_connections(url) == (0, 0)
+
+
+def test_unimportable_asse_app_is_a_usage_error(project: pytest.Pytester) -> None:
+    """A wrong ``asse_app`` says how to write it."""
+    project.makeini(BASE_INI + "asse_app = no_such_module:create_app\n")
+    project.makepyfile(test_x="def test_x(app):\n    pass\n")
+    result = project.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*asse_app = 'no_such_module:create_app' names nothing*"])
+    assert result.ret != 0
+
+
+def test_entry_point_loads_in_a_fresh_interpreter(project: pytest.Pytester, tmp_path: Path) -> None:
+    """The ``pytest11`` entry point of the installed package enables the plugin on its own."""
+    names = [ep.value for ep in importlib.metadata.entry_points(group="pytest11")]
+    assert "async_scoped_session_ext.pytest_plugin" in names
+    url = database_url("aiosqlite", tmp_path)
+    make_schema(url)
+    project.makeini(INI.format(kind="quart", url_option="asse_async_database_url", url=url))
+    project.makepyfile(test_app=TESTS["quart"])
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5, failed=1)
+    assert rows_and_other_connections(url) == (0, 0)
