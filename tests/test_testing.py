@@ -1,0 +1,247 @@
+"""``testing.isolate`` / ``aisolate``: an app's sessions in a transaction rolled back at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from quart import Quart
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
+from async_scoped_session_ext.replicas import replica_sessionmaker
+from async_scoped_session_ext.testing import aisolate, isolate
+
+from .conftest import database_url, engine_on_shared_loop
+from .models import Base, Todo
+
+COUNT = select(func.count(Todo.id))
+
+
+def flask_app(scoped: flask_scoped_session[t.Any]) -> Flask:
+    """A Flask app whose views add a todo and commit, and count todos."""
+    app = Flask(__name__)
+    scoped.init_app(app)
+
+    @app.post("/<title>")
+    def add(title: str) -> dict[str, int | None]:
+        current_session.add(Todo(title=title))
+        current_session.commit()
+        return {"count": current_session.scalar(COUNT)}
+
+    return app
+
+
+def count_sync(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.scalar(COUNT) or 0
+
+
+def test_sync_flask_commits_are_rolled_back(sync_engine: Engine) -> None:
+    """A view's commit and the test's own commit are seen inside, gone after."""
+    app = flask_app(flask_scoped_session(sessionmaker(sync_engine)))
+    with isolate(app) as db:
+        assert app.test_client().post("/a").json == {"count": 1}
+        session = db.session()
+        session.add(Todo(title="b"))
+        session.commit()
+        assert app.test_client().post("/c").json == {"count": 3}
+        assert [c.engine for c in db.connections] == [sync_engine]
+    assert count_sync(sync_engine) == 0
+    assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_failing_block_rolls_back_and_keeps_its_error(sync_engine: Engine) -> None:
+    """The block's own exception comes out, and its commits are still rolled back."""
+    app = flask_app(flask_scoped_session(sessionmaker(sync_engine)))
+    with pytest.raises(ZeroDivisionError), isolate(app):
+        assert app.test_client().post("/a").json == {"count": 1}
+        1 / 0  # noqa: B018
+    assert count_sync(sync_engine) == 0
+
+
+def test_failing_cleanup_finishes_and_raises(
+    sync_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleanup step that fails stops nothing: rolled back, returned, then raised or logged."""
+    app = flask_app(flask_scoped_session(sessionmaker(sync_engine)))
+
+    def broken_close() -> None:
+        raise RuntimeError("close failed")
+
+    with pytest.raises(RuntimeError, match="close failed"), isolate(app) as db:
+        db.session().close = broken_close  # type: ignore[method-assign]
+        app.test_client().post("/a")
+    assert count_sync(sync_engine) == 0
+    assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyError), isolate(app) as db:
+        db.session().close = broken_close  # type: ignore[method-assign]
+        raise KeyError("the test's own error")
+    assert "close failed" in caplog.text
+    assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_fresh_sessions_and_contexts_join(sync_engine: Engine) -> None:
+    """``fresh()`` sessions and hand-pushed contexts join the test's transaction too."""
+    scoped = flask_scoped_session(sessionmaker(sync_engine))
+    app = flask_app(scoped)
+    with isolate(app) as db:
+        with app.app_context():
+            with scoped.fresh() as session:
+                session.add(Todo(title="fresh"))
+                session.commit()
+            assert current_session.scalar(COUNT) == 1
+        assert db.session().scalar(COUNT) == 1
+    assert count_sync(sync_engine) == 0
+    with app.app_context():  # the app's own factory again
+        assert scoped.session_factory.kw["bind"] is sync_engine
+
+
+def test_several_engines_and_replicas(tmp_path: Path) -> None:
+    """Each engine gets one connection; replica reads see the test's own writes."""
+    primary = create_engine(f"sqlite:///{tmp_path / 'primary.db'}")
+    replica = create_engine(f"sqlite:///{tmp_path / 'primary.db'}")
+    other = create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    for engine in (primary, other):
+        Base.metadata.create_all(engine)
+    reads = flask_scoped_session(replica_sessionmaker(primary, replica))
+    app = flask_app(reads)
+    archive = flask_scoped_session(sessionmaker(other), app, name="archive")
+    try:
+        with isolate(app) as db:
+            assert len(db.connections) == 2
+            assert app.test_client().post("/a").json == {"count": 1}
+            with app.app_context():
+                assert reads().get_bind(clause=COUNT) is db.connections[0]
+                assert current_session.scalar(COUNT) == 1
+                archive().add(Todo(title="archived"))
+                archive().commit()
+                assert archive().scalar(COUNT) == 1
+        assert count_sync(primary) == count_sync(other) == 0
+    finally:
+        for engine in (primary, replica, other):
+            engine.dispose()
+
+
+def quart_app(scoped: async_scoped_session[AsyncSession]) -> Quart:
+    """A Quart app whose view adds a todo and commits."""
+    app = Quart(__name__)
+    scoped.init_app(app)
+
+    @app.post("/<title>")
+    async def add(title: str) -> dict[str, int | None]:
+        current_session.add(Todo(title=title))
+        await current_session.commit()
+        return {"count": await current_session.scalar(COUNT)}
+
+    return app
+
+
+async def count_async(engine: AsyncEngine) -> int:
+    async with AsyncSession(engine) as session:
+        return await session.scalar(COUNT) or 0
+
+
+async def test_quart_commits_are_rolled_back(async_engine: AsyncEngine) -> None:
+    """Awaited: a Quart view's commit and the test's own are gone after ``aisolate``."""
+    app = quart_app(async_scoped_session(async_sessionmaker(async_engine)))
+    async with aisolate(app) as db:
+        response = await app.test_client().post("/a")
+        assert await response.get_json() == {"count": 1}
+        session = db.async_session()
+        session.add(Todo(title="b"))
+        await session.commit()
+        assert await session.scalar(COUNT) == 2
+    assert await count_async(async_engine) == 0
+    assert async_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("backend", ["aiosqlite", "asyncpg"])
+def test_quart_engine_survives_a_new_loop_per_test(backend: str, tmp_path: Path) -> None:
+    """One module-level engine, a new event loop per test: no connection crosses loops."""
+    url = database_url(backend, tmp_path)
+    setup = create_engine(url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg"))
+    Base.metadata.create_all(setup)
+    engine = create_async_engine(url)
+    app = quart_app(async_scoped_session(async_sessionmaker(engine)))
+
+    async def one_test() -> None:
+        async with aisolate(app):
+            for expected in (1, 2):
+                response = await app.test_client().post("/x")
+                assert await response.get_json() == {"count": expected}
+
+    try:
+        for _ in range(3):
+            asyncio.run(one_test())
+        assert count_sync(setup) == 0
+    finally:
+        asyncio.run(engine.dispose())
+        Base.metadata.drop_all(setup)
+        setup.dispose()
+
+
+@pytest.mark.parametrize("backend", ["aiosqlite", "asyncpg"])
+def test_flask_async_views_on_the_shared_loop(backend: str, tmp_path: Path) -> None:
+    """Flask async views: the test's connection opens on the shared loop the views use."""
+    url = database_url(backend, tmp_path)
+    with engine_on_shared_loop(url) as engine:
+        scoped = async_scoped_session(async_sessionmaker(engine))
+        app = Flask(__name__)
+        scoped.init_app(app)
+
+        @app.post("/<title>")
+        async def add(title: str) -> dict[str, int | None]:
+            current_session.add(Todo(title=title))
+            await current_session.commit()
+            return {"count": await current_session.scalar(COUNT)}
+
+        with isolate(app) as db:
+            assert app.test_client().post("/a").json == {"count": 1}
+            assert app.test_client().post("/b").json == {"count": 2}
+            assert db.run(db.async_session().scalar(COUNT)) == 2
+        assert db.run(count_async(engine)) == 0
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_misuse_is_explained(sync_engine: Engine, async_engine: AsyncEngine) -> None:
+    """Each wrong use says what to do instead."""
+    with (
+        pytest.raises(RuntimeError, match="No scoped session is initialised"),
+        isolate(Flask(__name__)),
+    ):
+        pass
+    quart = quart_app(async_scoped_session(async_sessionmaker(async_engine)))
+    with pytest.raises(TypeError, match="aisolate"), isolate(quart):
+        pass
+    plain = Flask(__name__)
+    flask_scoped_session(lambda: Session(sync_engine), plain)
+    with pytest.raises(TypeError, match="not a sessionmaker"), isolate(plain):
+        pass
+    app = flask_app(flask_scoped_session(sessionmaker(sync_engine)))
+    with isolate(app) as db:
+        with pytest.raises(RuntimeError, match="already isolated"), isolate(app):
+            pass
+        with pytest.raises(RuntimeError, match="no async_scoped_session"):
+            db.async_session()
+    assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_run_is_refused_for_quart(async_engine: AsyncEngine) -> None:
+    """``Isolation.run`` is for Flask; a Quart test awaits on its own loop."""
+    app = quart_app(async_scoped_session(async_sessionmaker(async_engine)))
+    async with aisolate(app) as db:
+        with pytest.raises(RuntimeError, match="await the coroutine"):
+            db.run(count_async(async_engine))
