@@ -66,7 +66,7 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
     ) -> None:
         check_async_factory(session_factory)
         self.name = name
-        self.session_options = dict(session_options or {})
+        self.session_options: dict[str, t.Any] = dict(session_options or {})
         super().__init__(t.cast("async_sessionmaker[_AS]", session_factory), scopefunc=scope_key)
         self.registry = ContextRegistry(
             lambda: self.session_factory(), functools.partial(check_new_scope, self)

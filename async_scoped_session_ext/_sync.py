@@ -50,7 +50,7 @@ class flask_scoped_session(scoped_session[_S]):
     ) -> None:
         check_sync_factory(session_factory)
         self.name = name
-        self.session_options = dict(session_options or {})
+        self.session_options: dict[str, t.Any] = dict(session_options or {})
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         super().__init__(t.cast("sessionmaker[_S]", session_factory), scopefunc=scope_key)
         self.registry = ContextRegistry(

@@ -49,7 +49,7 @@ if t.TYPE_CHECKING:
 __all__ = ["Isolation", "aisolate", "isolate"]
 
 _T = t.TypeVar("_T")
-logger = logging.getLogger("async_scoped_session_ext")
+logger: logging.Logger = logging.getLogger("async_scoped_session_ext")
 
 AnyEngine = Engine | AsyncEngine
 AnyFactory = sessionmaker[t.Any] | async_sessionmaker[t.Any]
