@@ -12,11 +12,13 @@ import asyncio
 import typing as t
 import weakref
 
+from sqlalchemy.ext.asyncio import async_scoped_session
+
 if t.TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-#: The awaitable methods ``async_scoped_session`` proxies to its ``AsyncSession``.
-GUARDED_METHODS = (
+_AWAITABLE_METHODS = (
+    "aclose",
     "close",
     "commit",
     "connection",
@@ -37,6 +39,10 @@ GUARDED_METHODS = (
     "stream",
     "stream_scalars",
 )
+#: The awaitable methods ``async_scoped_session`` proxies to its ``AsyncSession``, as far
+#: as the installed SQLAlchemy has them (``aclose`` is new in 2.0.20, ``get_one`` and
+#: ``reset`` in 2.0.22, ``delete_all`` and ``merge_all`` in 2.1).
+GUARDED_METHODS = tuple(name for name in _AWAITABLE_METHODS if hasattr(async_scoped_session, name))
 
 _CONCURRENT_USE = (
     "This AsyncSession is already in use by another task ({owner!r}) of the same app"

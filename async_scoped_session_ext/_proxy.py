@@ -10,19 +10,105 @@ from ._app import AppState, get_state
 from ._scope import NO_APP_CONTEXT_MESSAGE, current_app_context
 
 if t.TYPE_CHECKING:
+    from sqlalchemy import Executable
+    from sqlalchemy.orm.identity import IdentityMap
+    from sqlalchemy.orm.interfaces import ORMOption
+    from sqlalchemy.util import IdentitySet
+
     from ._async import async_scoped_session
     from ._sync import flask_scoped_session
 
     AnyScopedSession: t.TypeAlias = flask_scoped_session[t.Any] | async_scoped_session[t.Any]
 
+_Params: t.TypeAlias = t.Mapping[str, t.Any] | t.Sequence[t.Mapping[str, t.Any]]
 
-class CurrentSession(t.Protocol):
-    """The type of :data:`current_session`: any scoped-session attribute, resolved late."""
+
+class SessionSurface(t.Protocol):
+    """What ``flask_scoped_session`` and ``async_scoped_session`` share, typed for both.
+
+    Methods that never do I/O have the same signature and result in both modes. A method
+    that does I/O returns its result in a sync app and an awaitable of it in an async one,
+    which only the running code knows: its arguments are checked, its result is ``Any``.
+    ``typing_tests/`` checks that both scoped session classes match this protocol.
+    """
+
+    def add(self, instance: object, *, _warn: bool = True) -> None: ...
+    def add_all(self, instances: t.Iterable[object]) -> None: ...
+    def expire(self, instance: object, attribute_names: t.Iterable[str] | None = None) -> None: ...
+    def expire_all(self) -> None: ...
+    def expunge(self, instance: object) -> None: ...
+    def expunge_all(self) -> None: ...
+    def is_modified(self, instance: object, include_collections: bool = True) -> bool: ...
+    @property
+    def new(self) -> IdentitySet: ...
+    @property
+    def dirty(self) -> IdentitySet: ...
+    @property
+    def deleted(self) -> IdentitySet: ...
+    @property
+    def identity_map(self) -> IdentityMap: ...
+    @property
+    def info(self) -> dict[t.Any, t.Any]: ...
+    @property
+    def is_active(self) -> bool: ...
+    @property
+    def no_autoflush(self) -> t.Any: ...
+
+    # I/O: a result in sync code, an awaitable in async code.
+    def execute(
+        self,
+        statement: Executable,
+        params: _Params | None = None,
+        *,
+        execution_options: t.Mapping[str, t.Any] = ...,
+        bind_arguments: dict[str, t.Any] | None = None,
+    ) -> t.Any: ...
+    def scalar(
+        self,
+        statement: Executable,
+        params: t.Mapping[str, t.Any] | None = None,
+        *,
+        execution_options: t.Mapping[str, t.Any] = ...,
+        bind_arguments: dict[str, t.Any] | None = None,
+    ) -> t.Any: ...
+    def scalars(
+        self,
+        statement: Executable,
+        params: _Params | None = None,
+        *,
+        execution_options: t.Mapping[str, t.Any] = ...,
+        bind_arguments: dict[str, t.Any] | None = None,
+    ) -> t.Any: ...
+    def get(
+        self,
+        entity: type[t.Any],
+        ident: t.Any,
+        *,
+        options: t.Sequence[ORMOption] | None = None,
+        populate_existing: bool = ...,
+        execution_options: t.Mapping[str, t.Any] = ...,
+    ) -> t.Any: ...
+    def refresh(
+        self, instance: object, attribute_names: t.Iterable[str] | None = None
+    ) -> t.Any: ...
+    def delete(self, instance: object) -> t.Any: ...
+    def flush(self, objects: t.Sequence[t.Any] | None = None) -> t.Any: ...
+    def commit(self) -> t.Any: ...
+    def rollback(self) -> t.Any: ...
+    def close(self) -> t.Any: ...
+
+
+class CurrentSession(SessionSurface, t.Protocol):
+    """The type of :data:`current_session`: a scoped session, sync or async, resolved late.
+
+    Calling it returns the context's ``Session`` or ``AsyncSession``, and any attribute not
+    in :class:`SessionSurface` is looked up on the scoped session at run time: both are
+    ``Any``, so annotate what the code knows (``session: AsyncSession = current_session()``)
+    or use the scoped session object itself, whose types are exact.
+    """
 
     def _get_current_object(self) -> AnyScopedSession: ...
-
     def __call__(self, **kw: t.Any) -> t.Any: ...
-
     def __getattr__(self, name: str) -> t.Any: ...
 
 
@@ -78,7 +164,7 @@ def get_scoped_session(name: str = "default") -> AnyScopedSession:
     return scoped
 
 
-current_session = t.cast(CurrentSession, LocalProxy(_current_scoped_session))
+current_session: CurrentSession = t.cast(CurrentSession, LocalProxy(_current_scoped_session))
 """The current app's scoped session, resolved on every access.
 
 ``await current_session.execute(...)`` in Quart and async views, ``current_session.query(...)``

@@ -7,9 +7,9 @@ import collections
 import threading
 import typing as t
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -37,15 +37,38 @@ class _Entry:
     scoped: AnyScoped
     #: The event loop an async engine's sessions were handed out on (its connections' loop).
     loop: asyncio.AbstractEventLoop | None = None
+    #: Checked-out connections, counted here when the pool does not count them itself.
+    _checkouts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        # A NullPool (which SQLAlchemy < 2.0.38 gives aiosqlite file databases) or a
+        # StaticPool has no checkedout(): count the connections through the pool events.
+        if not hasattr(self._sync_engine().pool, "checkedout"):
+            engine = self._sync_engine()
+            event.listen(engine, "checkout", self._checked_out)
+            event.listen(engine, "checkin", self._given_back)
+            event.listen(engine, "detach", self._given_back)
+
+    def _sync_engine(self) -> Engine:
+        return self.engine.sync_engine if isinstance(self.engine, AsyncEngine) else self.engine
+
+    def _checked_out(self, *args: object) -> None:
+        with self._lock:
+            self._checkouts += 1
+
+    def _given_back(self, *args: object) -> None:
+        with self._lock:
+            self._checkouts -= 1
 
     def in_use(self) -> bool:
         """Whether a session of this entry is still open somewhere, or holds a connection."""
-        pool = (
-            self.engine.sync_engine.pool
-            if isinstance(self.engine, AsyncEngine)
-            else self.engine.pool
-        )
-        return len(self.scoped.registry) > 0 or pool.checkedout() > 0  # type: ignore[attr-defined]
+        if len(self.scoped.registry) > 0:
+            return True
+        pool = self._sync_engine().pool
+        if hasattr(pool, "checkedout"):
+            return t.cast(int, pool.checkedout()) > 0
+        return self._checkouts > 0
 
 
 class EngineRegistry:
@@ -97,7 +120,8 @@ class EngineRegistry:
         self._lock = threading.RLock()
         self._disposals: set[asyncio.Task[None]] = set()
         #: How many engines were made and disposed so far.
-        self.created = self.disposed = 0
+        self.created: int = 0
+        self.disposed: int = 0
         if app is not None:
             self.init_app(app)
 

@@ -87,6 +87,9 @@ class ContextRegistry(ScopedRegistry[_T]):
 
     __slots__ = ("on_new_scope", "_closing")
 
+    registry: weakref.WeakKeyDictionary[AppContextLike, _T]
+    on_new_scope: t.Callable[[AppContextLike], None]
+
     def __init__(
         self,
         createfunc: t.Callable[[], _T],
@@ -103,10 +106,10 @@ class ContextRegistry(ScopedRegistry[_T]):
     def __call__(self) -> _T:
         key = self.scopefunc()
         try:
-            return t.cast(_T, self.registry[key])
+            return self.registry[key]
         except KeyError:
             self.on_new_scope(key)
-            return t.cast(_T, self.registry.setdefault(key, self.createfunc()))
+            return self.registry.setdefault(key, self.createfunc())
 
     def set(self, obj: _T) -> None:
         key = self.scopefunc()

@@ -53,10 +53,10 @@ class ReplicaSession(Session):
 
     def __init__(self, *args: t.Any, replica: Engine, **kw: t.Any) -> None:
         super().__init__(*args, **kw)
-        self.replica = replica
+        self.replica: Engine = replica
         #: Whether the session has used the primary for anything but a forced read; then
         #: everything goes to the primary until the session is closed.
-        self.wrote = False
+        self.wrote: bool = False
 
     def get_bind(
         self, mapper: t.Any = None, *, clause: ClauseElement | None = None, **kw: t.Any
