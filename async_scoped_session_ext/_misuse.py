@@ -58,7 +58,7 @@ def check_new_scope(
 ) -> None:
     """Refuse to open a session that no teardown would ever close."""
     state = get_state(ctx.app)
-    if state is None or not any(existing is scoped for existing in state.scoped):
+    if state is None or scoped not in state.scoped:  # scoped sessions compare by identity
         raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
     # Both frameworks keep one token per push; none left means the context was popped and
     # only lingers in a child task that inherited the context variable.

@@ -76,6 +76,9 @@ def _current_push(ctx: AppContextLike) -> object:
     return tokens[-1] if tokens else None
 
 
+_NOT_CLOSING = object()
+
+
 class ContextRegistry(ScopedRegistry[_T]):
     """A :class:`~sqlalchemy.util.ScopedRegistry` keyed by the app context object.
 
@@ -116,23 +119,24 @@ class ContextRegistry(ScopedRegistry[_T]):
         self.on_new_scope(key)
         self.registry[key] = obj
 
-    def mark_closing(self) -> None:
-        """Refuse new objects for the current context until it is pushed again.
+    def mark_closing(self, ctx: AppContextLike | None = None) -> None:
+        """Refuse new objects for *ctx* (the current context) until it is pushed again.
 
         Called by the teardown, so that a task still running in the ending context cannot
         open a session that nothing would close. Flask 3.1's ``stream_with_context`` pushes
         the same context again after its teardown; that push may open a session again.
         """
-        ctx = self.scopefunc()
+        ctx = self.scopefunc() if ctx is None else ctx
         self._closing[ctx] = _current_push(ctx)
 
     def is_closing(self, ctx: AppContextLike) -> bool:
         """Whether *ctx* is being (or has been) torn down and was not pushed again since."""
-        return ctx in self._closing and self._closing[ctx] is _current_push(ctx)
+        marker = self._closing.get(ctx, _NOT_CLOSING)
+        return marker is not _NOT_CLOSING and marker is _current_push(ctx)
 
-    def peek(self) -> _T | None:
-        """The current context's object, or ``None``; never creates one."""
-        found: _T | None = self.registry.get(self.scopefunc())
+    def peek(self, ctx: AppContextLike | None = None) -> _T | None:
+        """The object of *ctx* (the current context), or ``None``; never creates one."""
+        found: _T | None = self.registry.get(self.scopefunc() if ctx is None else ctx)
         return found
 
     def pop(self) -> _T | None:

@@ -13,7 +13,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-    from ._scope import ContextRegistry
+    from ._scope import AppContextLike, ContextRegistry
 
 logger = logging.getLogger("async_scoped_session_ext")
 
@@ -39,12 +39,21 @@ def _log_failure(scoped: Removable) -> None:
     )
 
 
-def _warn_if_uncommitted(scoped: Removable, request_failed: bool) -> None:
+def _has_changes(session: Session | AsyncSession) -> bool:
+    """Whether *session* holds new, changed or deleted objects not flushed yet."""
+    sync_session = getattr(session, "sync_session", session)
+    is_clean = getattr(sync_session, "_is_clean", None)  # SQLAlchemy's, builds no sets
+    if is_clean is not None:
+        return not is_clean()
+    return bool(session.new or session.dirty or session.deleted)
+
+
+def _warn_if_uncommitted(scoped: Removable, ctx: AppContextLike, request_failed: bool) -> None:
     """Log a warning when a request that ended normally leaves unflushed changes behind."""
     if request_failed:
         return  # rolling back is what the caller expects
-    session: Session | AsyncSession | None = scoped.registry.peek()
-    if session is not None and (session.new or session.dirty or session.deleted):
+    session: Session | AsyncSession | None = scoped.registry.peek(ctx)
+    if session is not None and _has_changes(session):
         logger.warning(
             "The session of %r is torn down with changes that were never committed"
             " (%d new, %d changed, %d deleted objects); they are discarded. Call"
@@ -66,12 +75,15 @@ def flask_teardown(
     """
 
     def _remove_scoped_sessions(exc: BaseException | None) -> None:
+        ctx = current_app_context()  # Flask runs its teardowns in the ending context
+        if ctx is None:
+            return
         for scoped in scoped_sessions():
-            if scoped.is_async and not scoped.registry.has():
+            if scoped.is_async and ctx not in scoped.registry.registry:
                 continue  # nothing to close: spare the hop to the shared loop
             try:
-                _warn_if_uncommitted(scoped, exc is not None)
-                scoped.registry.mark_closing()
+                _warn_if_uncommitted(scoped, ctx, exc is not None)
+                scoped.registry.mark_closing(ctx)
                 pending = scoped.remove()
                 if pending is not None:
                     runner.run_soon(pending)
@@ -92,11 +104,14 @@ def quart_teardown(
 
     async def _remove_scoped_sessions(exc: BaseException | None) -> None:
         cancelled: asyncio.CancelledError | None = None
-        request_failed = exc is not None or current_app_context() in failed
+        ctx = current_app_context()  # Quart runs its teardowns in the ending context
+        if ctx is None:
+            return
+        request_failed = exc is not None or ctx in failed
         for scoped in scoped_sessions():
             try:
-                _warn_if_uncommitted(scoped, request_failed)
-                scoped.registry.mark_closing()
+                _warn_if_uncommitted(scoped, ctx, request_failed)
+                scoped.registry.mark_closing(ctx)
                 pending = scoped.remove()
                 if pending is not None:
                     await pending
