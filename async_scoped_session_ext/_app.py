@@ -72,7 +72,12 @@ class AppState:
         running in this thread (Quart and Flask async views), the sync one otherwise (sync
         views, including Quart's, which run in a worker thread).
         """
-        return _pick(self.sync_default, self.async_default)
+        sync, async_ = self.sync_default, self.async_default  # _pick, inlined: a hot path
+        if async_ is None:
+            return t.cast("flask_scoped_session[t.Any]", sync)
+        if sync is None:
+            return async_
+        return async_ if loop_running() else sync
 
     def session_named(
         self, name: str

@@ -34,12 +34,16 @@ class AppContextLike(t.Protocol):
 
 def current_app_context() -> AppContextLike | None:
     """Return the innermost pushed Quart or Flask app context object, or ``None``."""
-    for name in _CONTEXT_MODULES:
-        module = sys.modules.get(name)
-        if module is not None:
-            ctx = module._cv_app.get(None)
-            if ctx is not None:
-                return t.cast(AppContextLike, ctx)
+    # Unrolled _CONTEXT_MODULES: this runs on every current_session access.
+    modules = sys.modules
+    quart_globals = modules.get("quart.globals")
+    if quart_globals is not None:
+        ctx = quart_globals._cv_app.get(None)
+        if ctx is not None:
+            return ctx  # type: ignore[no-any-return]
+    flask_globals = modules.get("flask.globals")
+    if flask_globals is not None:
+        return flask_globals._cv_app.get(None)  # type: ignore[no-any-return]
     return None
 
 

@@ -165,7 +165,7 @@ async def _bounded_close(
         await asyncio.wait({busy}, timeout=timeout)
         if not busy.done():
             await _cancel_and_wait(busy)  # SQLAlchemy invalidates a cancelled operation's conn
-    if await _finish_within(session.close(), deadline - loop.time()):
+    if await _close_within(session, deadline - loop.time()):
         return
     logger.warning(
         "Closing %r took longer than %s s (is the database reachable?); its connections"
@@ -178,6 +178,39 @@ async def _bounded_close(
 
 _GRACE = 0.1
 """Seconds a cancelled close may take to finish before it is cancelled again."""
+
+
+async def _close_within(session: AsyncSession, timeout: float) -> bool:
+    """Close *session* in this task within *timeout* seconds; whether the close finished.
+
+    The same bound as :func:`_finish_within`, without a task of its own (this already runs
+    in the shielded close task): past the bound this task is cancelled, and once more after
+    :data:`_GRACE` if the close is still going.
+    """
+    task = asyncio.current_task()
+    if task is None:  # not in a task: nothing to cancel, use the general helper
+        return await _finish_within(session.close(), timeout)
+    loop = asyncio.get_running_loop()
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        task.cancel()
+
+    timers = [loop.call_later(max(timeout, 0), expire)]
+    timers.append(loop.call_later(max(timeout, 0) + _GRACE, expire))
+    try:
+        await session.close()
+        return not expired  # a close that needed a cancellation counts as timed out
+    except asyncio.CancelledError:
+        if not expired:
+            raise  # cancelled from outside, not by the bound
+        return False
+    finally:
+        for timer in timers:
+            timer.cancel()
+        for _ in expired:
+            task.uncancel()
 
 
 async def _finish_within(coro: t.Coroutine[t.Any, t.Any, None], timeout: float) -> bool:
