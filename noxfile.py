@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -29,9 +35,45 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """Type-check the package, tests and examples with mypy --strict."""
+    """Type-check with mypy --strict and pyright; require 100% type completeness."""
     session.install(EXTRAS, "nox", *nox.project.dependency_groups(PYPROJECT, "typing"))
     session.run("mypy", *session.posargs)
+    session.run("pyright", "-p", "typing_tests")  # the API as pyright users see it
+    _require_complete_types(session, "async_scoped_session_ext")
+
+
+def _require_complete_types(session: nox.Session, package: str) -> None:
+    """Fail unless ``pyright --verifytypes`` knows the type of every public symbol."""
+    output = session.run(
+        *("pyright", "--verifytypes", package, "--ignoreexternal", "--outputjson"),
+        silent=True,
+        stderr=None,  # only the JSON report is captured
+        success_codes=[0, 1],  # 1: symbols with unknown types, reported below
+    )
+    if output is None:  # --install-only: nothing ran
+        return
+    report = json.loads(output)["typeCompleteness"]
+    problems = [
+        f"{where['file']}:{where['range']['start']['line'] + 1}: {symbol['name']}:"
+        f" {where['message']}"
+        for symbol in report["symbols"]
+        for where in symbol["diagnostics"]
+        if where["severity"] == "error"
+    ]
+    score = report["completenessScore"]
+    session.log(f"pyright --verifytypes {package}: type completeness {score:.1%}")
+    if problems or score < 1:
+        session.error("\n".join(["Type completeness must be 100%:", *problems]))
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs with Sphinx into docs/_build/html; any warning fails the build."""
+    session.install(".[quart]", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    # A fresh build every time: Sphinx re-reads only changed pages, so an incremental build
+    # would not repeat the warnings of unchanged ones.
+    shutil.rmtree("docs/_build", ignore_errors=True)
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
 @nox.session(default=False)
@@ -43,9 +85,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmark Flask async + asyncpg: the shared loop against a NullPool session per request."""
-    session.install(EXTRAS, "flask[async]", "httpx")
-    session.run("python", "-m", "bench.flask_async_asyncpg", *session.posargs)
+    """Benchmark ours against hand-written sessions and other extensions; write bench/results."""
+    session.install(EXTRAS, *nox.project.dependency_groups(PYPROJECT, "bench"))
+    session.run("python", "-m", "bench", *session.posargs)
 
 
 @nox.session(default=False)
@@ -53,3 +95,85 @@ def stress(session: nox.Session) -> None:
     """Stress a hypercorn-served Quart app on PostgreSQL with faults; report leaks and memory."""
     session.install(EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("python", "-m", "stress.quart_stress", *session.posargs)
+
+
+# -- compat: the version matrix -----------------------------------------------------------
+
+
+def _declared_floors() -> dict[str, str]:
+    """Each runtime dependency pinned to its floor in pyproject.toml: ``flask==2.3``, ..."""
+    project = PYPROJECT["project"]
+    declared = [*project["dependencies"]]
+    for requirements in project["optional-dependencies"].values():
+        declared += requirements
+    floors: dict[str, str] = {}
+    for text in declared:
+        requirement = Requirement(text)
+        lowest = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        if lowest:
+            extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+            floors[canonicalize_name(requirement.name)] = f"{requirement.name}{extras}=={lowest[0]}"
+    return floors
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatCell:
+    """Pins added to the test dependencies, and packages left out of them."""
+
+    pins: list[str]
+    without: frozenset[str] = frozenset()
+    #: Floors the test tools cannot be installed with: checked by importing the package.
+    import_only: list[str] = dataclasses.field(default_factory=list)
+
+
+FLOORS = _declared_floors()
+# typing-extensions' floor would hold pytest-asyncio at 1.1 (1.2 needs typing-extensions 4.12),
+# which leaves an event loop unclosed at exit: that floor is checked by an import instead.
+FLOORS_IMPORTED_ONLY = [FLOORS.pop("typing-extensions")]
+COMPAT_CELLS = {
+    # Every floor; Quart's needs Flask >= 3.0 and Werkzeug >= 3.0.
+    "oldest": CompatCell(
+        [*{**FLOORS, "flask": "flask==3.0.0", "werkzeug": "werkzeug==3.0.0"}.values()],
+        import_only=FLOORS_IMPORTED_ONLY,
+    ),
+    # Flask's own floor, without Quart (its tests are skipped there).
+    "flask-2.3": CompatCell(
+        [pin for name, pin in FLOORS.items() if name != "quart"],
+        without=frozenset({"quart"}),
+        import_only=FLOORS_IMPORTED_ONLY,
+    ),
+    "sqlalchemy-2.0": CompatCell(["sqlalchemy[asyncio]>=2.0,<2.1"]),
+    "sqlalchemy-2.1": CompatCell(["sqlalchemy[asyncio]>=2.1,<2.2"]),
+    "newest": CompatCell([]),
+}
+COMPAT_EXTRAS = ("quart", "asyncpg", "aiosqlite", "psycopg")
+COMPAT_SHOWN = """flask werkzeug quart sqlalchemy typing-extensions asyncpg aiosqlite psycopg
+greenlet click blinker asgiref hypercorn httpx pytest pytest-asyncio hypothesis""".split()
+SHOW_VERSIONS = """
+import importlib.metadata, sys
+for name in sys.argv[1:]:
+    try:
+        print(f"{name:>18} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+        print(f"{name:>18} (not installed)")
+"""
+IMPORT_ALL = "import async_scoped_session_ext.pgbouncer, async_scoped_session_ext.replicas"
+
+
+@nox.session(default=False)
+@nox.parametrize("cell", list(COMPAT_CELLS), ids=list(COMPAT_CELLS))
+def compat(session: nox.Session, cell: str) -> None:
+    """Run the tests on the oldest and newest supported Flask, Werkzeug, Quart, SQLAlchemy."""
+    pins, without = COMPAT_CELLS[cell].pins, COMPAT_CELLS[cell].without
+    extras = ",".join(extra for extra in COMPAT_EXTRAS if extra not in without)
+    if COMPAT_CELLS[cell].import_only:  # first: the test tools then upgrade these
+        session.install(f".[{extras}]", *pins, *COMPAT_CELLS[cell].import_only)
+        session.run("python", "-c", IMPORT_ALL)
+    tools = [
+        text
+        for text in nox.project.dependency_groups(PYPROJECT, "test")
+        if canonicalize_name(Requirement(text).name) not in without
+    ]
+    session.install(f".[{extras}]", *tools, *pins)
+    session.run("python", "-c", SHOW_VERSIONS, *COMPAT_SHOWN)
+    session.run("pytest", *session.posargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import contextlib
 import functools
+import importlib.util
 import os
 import sys
 import typing as t
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
 
 from async_scoped_session_ext._scope import ContextRegistry
 
@@ -20,6 +23,11 @@ from .models import Base
 
 POSTGRES_URL = os.environ.get("ASSE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+#: Quart needs Flask >= 3.0: the compat cell for Flask 2.3 runs without it.
+HAS_QUART = importlib.util.find_spec("quart") is not None
+QUART_MISSING = "needs Quart, which is not installed (Quart >= 0.19 needs Flask >= 3.0)"
+needs_quart = pytest.mark.skipif(not HAS_QUART, reason=QUART_MISSING)
 
 SYNC_BACKENDS = ["sqlite", "postgresql"]
 ASYNC_BACKENDS = ["aiosqlite", "asyncpg"]
@@ -108,6 +116,33 @@ def database_url(backend: str, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     require_postgres()
     return postgres_url("psycopg" if backend == "postgresql" else "asyncpg")
+
+
+#: For tests that start a new interpreter, where ``pooled_aiosqlite`` has no effect.
+needs_pooled_aiosqlite = pytest.mark.skipif(
+    SQLiteDialect_aiosqlite.get_pool_class(make_url("sqlite+aiosqlite:///file.db")) is NullPool,
+    reason="SQLAlchemy < 2.0.38 gives aiosqlite file databases a NullPool, which closes each"
+    " connection at check-in and leaves no pool to dispose",
+)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def pooled_aiosqlite() -> cabc.Iterator[None]:
+    """Pool aiosqlite file databases on SQLAlchemy < 2.0.38 too, as later versions do.
+
+    The tests count pooled connections (``pool.checkedout()``, the pool's close events);
+    before 2.0.38 SQLAlchemy gave these databases a ``NullPool``, which has no
+    ``checkedout()`` and closes every connection at check-in.
+    """
+    default = SQLiteDialect_aiosqlite.get_pool_class
+
+    def get_pool_class(cls: type[SQLiteDialect_aiosqlite], url: URL) -> type[Pool]:
+        pool_class: type[Pool] = default(url)
+        return AsyncAdaptedQueuePool if pool_class is NullPool else pool_class
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SQLiteDialect_aiosqlite, "get_pool_class", classmethod(get_pool_class))
+        yield
 
 
 @pytest.fixture(params=SYNC_BACKENDS)

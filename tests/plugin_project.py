@@ -11,7 +11,6 @@ APP_MODULE = """
 from __future__ import annotations
 
 from flask import Flask
-from quart import Quart
 from sqlalchemy import String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,6 +70,8 @@ def create_flask_async(config=None):
 
 
 def create_quart(config=None):
+    from quart import Quart  # only here: Flask 2.3's compat cell has no Quart
+
     app = Quart(__name__)
     app.config.update(config or {})
     async_session.init_app(app)

@@ -6,13 +6,17 @@ import asyncio
 import logging
 
 import pytest
-from quart import Quart
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session
 
+from .conftest import QUART_MISSING
 from .models import Todo
+
+pytest.importorskip("quart", reason=QUART_MISSING)
+
+from quart import Quart
 
 
 @pytest.fixture

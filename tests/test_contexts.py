@@ -23,9 +23,6 @@ import httpx
 import pytest
 from flask import Flask, Response, copy_current_request_context
 from flask import stream_with_context as flask_stream_with_context
-from quart import Quart, copy_current_app_context, websocket
-from quart import copy_current_request_context as quart_copy_current_request_context
-from quart import stream_with_context as quart_stream_with_context
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -40,15 +37,25 @@ from wsproto.events import AcceptConnection, CloseConnection, Event, Request, Te
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext._scope import current_app_context
 
-from .conftest import database_url, engine_on_shared_loop
+from .conftest import HAS_QUART, database_url, engine_on_shared_loop, needs_quart
 from .models import Todo
 from .test_servers import serving_asgi, serving_wsgi
+
+if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
+    from quart import Quart, copy_current_app_context, websocket
+    from quart import copy_current_request_context as quart_copy_current_request_context
+    from quart import stream_with_context as quart_stream_with_context
 
 TIMEOUT = 10.0  # seconds any single wait may take
 FLASK_VERSION = tuple(int(part) for part in version("flask").split(".")[:2])
 flask_31_streaming = pytest.mark.skipif(
-    FLASK_VERSION >= (3, 2),
-    reason="Flask 3.2 pushes the context before the view returns: one teardown, after streaming",
+    FLASK_VERSION != (3, 1),
+    reason="Flask 3.1's streaming: before 3.1 (and from 3.2) the view's context stays pushed"
+    " until the body ends, so there is one teardown, after streaming",
+)
+flask_30_streaming = pytest.mark.skipif(
+    FLASK_VERSION >= (3, 1),
+    reason="Flask < 3.1's streaming: Flask 3.1 tears the view's context down before the body",
 )
 
 
@@ -162,6 +169,7 @@ def quart_setup(async_engine: AsyncEngine) -> QuartSetup:
 # --- Quart: background tasks and copied app contexts ---------------------------------------
 
 
+@needs_quart
 async def test_background_task_gets_its_own_session(quart_setup: QuartSetup) -> None:
     """add_background_task runs in a new app context: its own session, closed when it ends."""
     app, engine = quart_setup.app, quart_setup.engine
@@ -201,6 +209,7 @@ async def test_background_task_gets_its_own_session(quart_setup: QuartSetup) -> 
     assert await count_todos_async(engine) == 1
 
 
+@needs_quart
 async def test_background_task_cancelled_at_shutdown_is_closed(quart_setup: QuartSetup) -> None:
     """A background task still running at shutdown is cancelled; its session is still closed."""
     app, engine = quart_setup.app, quart_setup.engine
@@ -234,6 +243,7 @@ async def test_background_task_cancelled_at_shutdown_is_closed(quart_setup: Quar
     assert await count_todos_async(engine) == 0
 
 
+@needs_quart
 async def test_copy_current_app_context_gets_its_own_session(quart_setup: QuartSetup) -> None:
     """A copy_current_app_context task has its own session, closed when the task ends."""
     app, scoped = quart_setup.app, quart_setup.scoped
@@ -271,6 +281,7 @@ async def test_copy_current_app_context_gets_its_own_session(quart_setup: QuartS
     assert quart_setup.clean()
 
 
+@needs_quart
 async def test_copied_app_context_may_outlive_the_request(quart_setup: QuartSetup) -> None:
     """Unlike a bare create_task, a copied app context still opens a session after teardown."""
     app, engine = quart_setup.app, quart_setup.engine
@@ -304,6 +315,7 @@ async def test_copied_app_context_may_outlive_the_request(quart_setup: QuartSetu
     assert await count_todos_async(engine) == 1
 
 
+@needs_quart
 async def test_copied_request_context_outliving_the_request_is_refused(
     quart_setup: QuartSetup,
 ) -> None:
@@ -335,6 +347,7 @@ async def test_copied_request_context_outliving_the_request_is_refused(
     assert quart_setup.clean()
 
 
+@needs_quart
 async def test_child_tasks_share_the_request_session(quart_setup: QuartSetup) -> None:
     """create_task and copy_current_request_context children share the request's session."""
     app = quart_setup.app
@@ -357,6 +370,7 @@ async def test_child_tasks_share_the_request_session(quart_setup: QuartSetup) ->
 # --- Quart: streaming ----------------------------------------------------------------------
 
 
+@needs_quart
 async def test_quart_stream_with_context_body_gets_a_new_session(quart_setup: QuartSetup) -> None:
     """The view's session is closed before the body; the body gets a new one, closed after."""
     app, engine = quart_setup.app, quart_setup.engine
@@ -396,6 +410,7 @@ async def test_quart_stream_with_context_body_gets_a_new_session(quart_setup: Qu
     assert await count_todos_async(engine) == 1
 
 
+@needs_quart
 async def test_quart_view_changes_are_discarded_before_the_body(
     quart_setup: QuartSetup, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -421,6 +436,7 @@ async def test_quart_view_changes_are_discarded_before_the_body(
     assert await count_todos_async(engine) == 0
 
 
+@needs_quart
 async def test_quart_stream_client_gone_mid_body_closes_the_session(
     quart_setup: QuartSetup,
 ) -> None:
@@ -457,6 +473,7 @@ async def test_quart_stream_client_gone_mid_body_closes_the_session(
     assert await count_todos_async(engine) == 0
 
 
+@needs_quart
 async def test_plain_generator_body_has_no_app_context_test_client(
     quart_setup: QuartSetup,
 ) -> None:
@@ -482,6 +499,7 @@ async def test_plain_generator_body_has_no_app_context_test_client(
     assert quart_setup.clean()
 
 
+@needs_quart
 async def test_plain_generator_body_has_no_app_context_hypercorn(
     quart_setup: QuartSetup, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -515,6 +533,7 @@ async def test_plain_generator_body_has_no_app_context_hypercorn(
     assert quart_setup.clean()
 
 
+@needs_quart
 @pytest.mark.parametrize("expire_on_commit", [True, False])
 async def test_quart_streamed_orm_objects(
     async_engine: AsyncEngine, expire_on_commit: bool
@@ -577,6 +596,7 @@ def websocket_app(quart_setup: QuartSetup, sessions: list[AsyncSession]) -> None
             await websocket.send(f"{same} {session.in_transaction()} {checked_out}")
 
 
+@needs_quart
 async def test_websocket_one_session_per_connection(quart_setup: QuartSetup) -> None:
     """One session for the whole connection; a commit per message frees its connection."""
     sessions: list[AsyncSession] = []
@@ -599,6 +619,7 @@ async def test_websocket_one_session_per_connection(quart_setup: QuartSetup) -> 
     assert await count_todos_async(quart_setup.engine) == 3
 
 
+@needs_quart
 async def test_websocket_abrupt_disconnect_rolls_back_and_closes(quart_setup: QuartSetup) -> None:
     """A client gone mid-transaction cancels the handler; the session is rolled back, closed."""
     sessions: list[AsyncSession] = []
@@ -664,6 +685,7 @@ class WebsocketClient:
         self.writer.transport.abort()
 
 
+@needs_quart
 @pytest.mark.parametrize("ending", ["close", "abort"])
 async def test_websocket_over_hypercorn(quart_setup: QuartSetup, ending: str) -> None:
     """Over hypercorn, a close frame or a reset both cancel the handler; nothing leaks."""
@@ -937,6 +959,89 @@ def test_flask_stream_with_context_on_threaded_werkzeug(
     assert flask_setup.clean()
 
 
+@flask_30_streaming
+def test_flask_30_stream_with_context_keeps_the_view_session(
+    flask_setup: FlaskSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before Flask 3.1 the body shares the view's context and session; one teardown, after it."""
+    app, engine = flask_setup.app, flask_setup.engine
+    seen: dict[str, t.Any] = {}
+
+    @app.get("/")
+    def view() -> Response:
+        seen["view_ctx"] = current_app_context()
+        seen["view"] = current_session()
+        current_session.add(Todo(title="left for the body to commit"))
+
+        def body() -> cabc.Iterator[str]:
+            seen["teardowns_before_body"] = len(flask_setup.teardowns.calls)
+            seen["body_ctx"] = current_app_context()
+            seen["body"] = current_session()
+            current_session.commit()
+            yield str(current_session.scalar(select(func.count()).select_from(Todo)))
+
+        return Response(flask_stream_with_context(body()))
+
+    with caplog.at_level(logging.WARNING, logger="async_scoped_session_ext"):
+        assert app.test_client().get("/").get_data(as_text=True) == "1"
+
+    assert caplog.records == []
+    assert seen["teardowns_before_body"] == 0
+    assert seen["body_ctx"] is seen["view_ctx"]
+    assert seen["body"] is seen["view"]
+    assert not seen["body"].in_transaction()
+    [torn] = flask_setup.teardowns.calls
+    assert torn.ctx is seen["view_ctx"] and torn.exc is None
+    assert (torn.registered, torn.checked_out) == (0, 0)
+    assert flask_setup.clean()
+    assert count_todos(engine) == 1
+
+
+@flask_30_streaming
+@pytest.mark.parametrize("ending", ["complete", "hang_up"])
+def test_flask_30_stream_with_context_on_threaded_werkzeug(
+    flask_setup: FlaskSetup, ending: str
+) -> None:
+    """Before Flask 3.1, on a real server: one teardown in the serving thread, also on hang-up."""
+    app = flask_setup.app
+    seen: dict[str, t.Any] = {}
+
+    @app.get("/")
+    def view() -> Response:
+        seen["view_ctx"] = current_app_context()
+        current_session.execute(text("select 1"))
+        chunks = 3 if ending == "complete" else 10_000
+
+        def body() -> cabc.Iterator[str]:
+            seen["body_thread"] = threading.get_ident()
+            seen["body"] = current_session()
+            current_session.execute(text("select 1"))
+            for _ in range(chunks):
+                yield "x" * 65536
+                if ending == "hang_up":
+                    time.sleep(0.005)
+
+        return Response(flask_stream_with_context(body()))
+
+    with (
+        serving_wsgi(app) as base_url,
+        httpx.Client(base_url=base_url, timeout=TIMEOUT, trust_env=False) as client,
+    ):
+        with client.stream("GET", "/") as response:
+            assert response.status_code == 200
+            if ending == "complete":
+                assert len(response.read()) == 3 * 65536
+            else:
+                next(response.iter_bytes())  # then close the connection mid-body
+        eventually_sync(lambda: len(flask_setup.teardowns.calls) == 1, "the teardown ran")
+
+    [torn] = flask_setup.teardowns.calls
+    assert torn.ctx is seen["view_ctx"] and torn.thread == seen["body_thread"]
+    assert (torn.registered, torn.checked_out) == (0, 0)
+    assert not seen["body"].in_transaction()
+    assert flask_setup.clean()
+
+
 def test_flask_plain_generator_body_has_no_app_context(flask_setup: FlaskSetup) -> None:
     """Without stream_with_context the body runs after the pop: current_session raises."""
     app = flask_setup.app
@@ -1018,6 +1123,7 @@ def runner_engine(async_backend: str, tmp_path: Path) -> cabc.Iterator[AsyncEngi
         yield engine
 
 
+@needs_quart
 def test_quart_cli_command_closes_its_sessions_after_run(runner_engine: AsyncEngine) -> None:
     """In a quart command, run(coro) closes the context's async session when coro is done."""
     app = Quart(__name__)
@@ -1056,6 +1162,7 @@ def test_quart_cli_command_closes_its_sessions_after_run(runner_engine: AsyncEng
     assert runner_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@needs_quart
 async def test_quart_shell_context_has_current_session(quart_setup: QuartSetup) -> None:
     """'quart shell' gets the current_session proxy."""
     async with quart_setup.app.app_context():

@@ -31,7 +31,6 @@ import httpx
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from quart import Quart
 from sqlalchemy import NullPool, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -44,8 +43,12 @@ from sqlalchemy.ext.asyncio import (
 from async_scoped_session_ext import async_scoped_session
 from async_scoped_session_ext._teardown import close_to_completion
 
-from .conftest import postgres_url, require_postgres
+from .conftest import QUART_MISSING, postgres_url, require_postgres
 from .faultproxy import FaultProxy
+
+pytest.importorskip("quart", reason=QUART_MISSING)
+
+from quart import Quart
 
 pytestmark = pytest.mark.postgres
 

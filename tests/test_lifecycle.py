@@ -14,16 +14,25 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from quart import Quart
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from async_scoped_session_ext import async_scoped_session, flask_scoped_session
 
-from .conftest import database_url, postgres_url, require_postgres
+from .conftest import (
+    HAS_QUART,
+    database_url,
+    needs_pooled_aiosqlite,
+    needs_quart,
+    postgres_url,
+    require_postgres,
+)
 from .models import Todo
 from .test_config import checked_out, engines_of, fresh_tables, sync_url_of
+
+if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
+    from quart import Quart
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
@@ -51,6 +60,7 @@ def run_script(script: str, *args: str, warnings: t.Sequence[str] = ("error",)) 
 # -- Quart: after_serving ------------------------------------------------------------------
 
 
+@needs_quart
 async def test_quart_disposes_config_engines_after_serving(
     async_backend: str, tmp_path: Path
 ) -> None:
@@ -156,7 +166,13 @@ FLASK_EXIT_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("backends", [("sqlite", "aiosqlite"), ("postgresql", "asyncpg")])
+@pytest.mark.parametrize(
+    "backends",
+    [
+        pytest.param(("sqlite", "aiosqlite"), marks=needs_pooled_aiosqlite),
+        ("postgresql", "asyncpg"),
+    ],
+)
 def test_flask_disposes_config_engines_at_exit(backends: tuple[str, str], tmp_path: Path) -> None:
     """A Flask process disposes the sync and async engines it made from config at exit."""
     sync_backend, async_backend = backends
@@ -202,7 +218,14 @@ QUART_CLI_EXIT_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("backends", [("sqlite", "aiosqlite"), ("postgresql", "asyncpg")])
+@needs_quart
+@pytest.mark.parametrize(
+    "backends",
+    [
+        pytest.param(("sqlite", "aiosqlite"), marks=needs_pooled_aiosqlite),
+        ("postgresql", "asyncpg"),
+    ],
+)
 def test_quart_cli_disposes_config_engines_at_exit(
     backends: tuple[str, str], tmp_path: Path
 ) -> None:

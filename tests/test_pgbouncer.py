@@ -15,9 +15,10 @@ import dataclasses
 import re
 import traceback
 import typing as t
+from importlib.metadata import version
 
 import pytest
-from quart import Quart
+from packaging.version import Version
 from sqlalchemy import URL, func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -26,8 +27,11 @@ from async_scoped_session_ext._app import get_state
 from async_scoped_session_ext.pgbouncer import transaction_mode
 
 from . import pgbouncer as harness
-from .conftest import postgres_url
+from .conftest import HAS_QUART, needs_quart, postgres_url
 from .models import Base, Todo
+
+if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
+    from quart import Quart
 
 pgbouncer = harness.pgbouncer
 pgbouncer_url = harness.pgbouncer_url
@@ -38,6 +42,17 @@ WORKLOAD_TIMEOUT = 120.0  # seconds for all of them; a hang fails instead of blo
 
 PASSWORD = "s3cr3t-pw"
 STATEMENT_NAME = re.compile(r"__asyncpg_stmt_[0-9a-f]+__")  # asyncpg's sequential names
+
+
+def _release(name: str) -> tuple[int, ...]:
+    return Version(version(name)).release
+
+
+leaves_broken_connections_unclosed = pytest.mark.skipif(
+    _release("sqlalchemy") < (2, 0, 53) and _release("asyncpg") < (0, 31),
+    reason="SQLAlchemy < 2.0.53 with asyncpg < 0.31 leaves connections that failed with"
+    " 'prepared statement ... does not exist' unclosed (asyncpg's ResourceWarning)",
+)
 
 
 # --- the workload ------------------------------------------------------------------------
@@ -136,6 +151,7 @@ async def tables(pgbouncer: harness.PgBouncer) -> cabc.AsyncIterator[None]:
 # --- against the real PgBouncer ----------------------------------------------------------
 
 
+@needs_quart
 async def test_preset_serves_concurrent_requests(pgbouncer_url: str, tables: None) -> None:
     """``create_async_engine(**transaction_mode(url))``: every request answers correctly."""
     engine = create_async_engine(**transaction_mode(pgbouncer_url))
@@ -149,6 +165,7 @@ async def test_preset_serves_concurrent_requests(pgbouncer_url: str, tables: Non
     assert len(scoped.registry) == 0
 
 
+@needs_quart
 async def test_preset_through_the_config(pgbouncer_url: str, tables: None) -> None:
     """The preset as a value of ``SQLALCHEMY_ASYNC_ENGINES``, for a scoped session without a
     factory: the engine made from it serves every request correctly."""
@@ -167,6 +184,8 @@ async def test_preset_through_the_config(pgbouncer_url: str, tables: None) -> No
     assert outcome.ok == CLIENTS * REQUESTS_PER_CLIENT, str(outcome)
 
 
+@needs_quart
+@leaves_broken_connections_unclosed
 async def test_defaults_fail_behind_transaction_mode(pgbouncer_url: str, tables: None) -> None:
     """The control: the same workload on a default engine fails.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select, text
 
-from .conftest import database_url
+from .conftest import HAS_QUART, database_url, needs_quart
 from .plugin_project import APP_MODULE, BASE_INI, INI, TESTS
 
 pytest_plugins = ["pytester"]
@@ -22,7 +22,7 @@ for _module in (
     "aiosqlite",
     "asyncpg",
     "psycopg",
-    "quart",
+    *(["quart"] if HAS_QUART else []),
     "sqlalchemy.dialects.postgresql.asyncpg",
     "sqlalchemy.dialects.postgresql.psycopg",
     "sqlalchemy.dialects.sqlite.aiosqlite",
@@ -43,8 +43,8 @@ CASES = [
     ("flask", "postgresql"),
     ("flask_async", "aiosqlite"),
     ("flask_async", "asyncpg"),
-    ("quart", "aiosqlite"),
-    ("quart", "asyncpg"),
+    pytest.param("quart", "aiosqlite", marks=needs_quart),
+    pytest.param("quart", "asyncpg", marks=needs_quart),
 ]
 
 
@@ -205,6 +205,7 @@ def test_unimportable_asse_app_is_a_usage_error(project: pytest.Pytester) -> Non
     assert result.ret != 0
 
 
+@needs_quart
 def test_entry_point_loads_in_a_fresh_interpreter(project: pytest.Pytester, tmp_path: Path) -> None:
     """The ``pytest11`` entry point of the installed package enables the plugin on its own."""
     names = [ep.value for ep in importlib.metadata.entry_points(group="pytest11")]

@@ -6,14 +6,18 @@ import asyncio
 import logging
 
 import pytest
-from quart import Quart
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session
 from async_scoped_session_ext._teardown import close_to_completion
 
+from .conftest import QUART_MISSING
 from .models import Todo
+
+pytest.importorskip("quart", reason=QUART_MISSING)
+
+from quart import Quart
 
 
 @pytest.fixture

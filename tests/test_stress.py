@@ -5,9 +5,13 @@ The full run is ``python3 -m nox -s stress`` (5,000 requests); see ``stress/READ
 
 from __future__ import annotations
 
-from stress.quart_stress import DISCONNECT, RAISE, TIMEOUT, StressConfig, run_stress
+import pytest
 
-from .conftest import postgres_url, require_postgres
+from .conftest import QUART_MISSING, postgres_url, require_postgres
+
+pytest.importorskip("quart", reason=QUART_MISSING)
+
+from stress.quart_stress import DISCONNECT, RAISE, TIMEOUT, StressConfig, run_stress
 
 
 async def test_small_stress_run_leaks_nothing() -> None:

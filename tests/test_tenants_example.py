@@ -8,6 +8,11 @@ import typing as t
 from pathlib import Path
 
 import pytest
+
+from .conftest import QUART_MISSING
+
+pytest.importorskip("quart", reason=QUART_MISSING)
+
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
