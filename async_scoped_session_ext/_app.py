@@ -129,6 +129,17 @@ NOT_INITIALISED = (
 )
 
 
+_overridden_apps = 0
+"""How many apps have session factory overrides now (see :func:`set_overrides`)."""
+
+
+def set_overrides(state: AppState, overrides: dict[t.Any, AnyFactory]) -> None:
+    """Replace the app's session factory overrides (``{}`` restores its own factories)."""
+    global _overridden_apps
+    _overridden_apps += bool(overrides) - bool(state.overrides)
+    state.overrides = overrides
+
+
 def session_factory_for(
     scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any],
     given: AnyFactory | None,
@@ -138,10 +149,10 @@ def session_factory_for(
     A test's override for the current app first, then the factory given to the
     constructor, then the one made from the current app's config.
     """
-    ctx = current_app_context()
-    state = get_state(ctx.app) if ctx is not None else None
-    if state is not None and state.overrides:
-        override = state.overrides.get(scoped)
+    if _overridden_apps:  # only while a test isolates an app: the common path skips this
+        ctx = current_app_context()
+        state = get_state(ctx.app) if ctx is not None else None
+        override = state.overrides.get(scoped) if state is not None else None
         if override is not None:
             return override
     if given is not None:

@@ -111,7 +111,9 @@ class ContextRegistry(ScopedRegistry[_T]):
         )
 
     def __call__(self) -> _T:
-        key = self.scopefunc()
+        key = current_app_context()  # scope_key(), inlined: every session access gets here
+        if key is None:
+            raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
         try:
             return self.registry[key]
         except KeyError:

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from ._app import AppState, get_state
+from ._app import AppState, get_state, set_overrides
 from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
 from ._runner import runner
 
@@ -141,15 +141,18 @@ class Isolation:
             await connection.run_sync(_begin)
 
     def _install(self) -> None:
-        self._state.overrides = {
-            scoped: _rebound(factory, self._connections)
-            for scoped, factory in self._factories.items()
-        }
+        set_overrides(
+            self._state,
+            {
+                scoped: _rebound(factory, self._connections)
+                for scoped, factory in self._factories.items()
+            },
+        )
 
     # Closing never stops halfway: every step runs, and what failed is raised at the end.
 
     def _close_sync(self, errors: list[Exception]) -> None:
-        self._state.overrides = {}
+        set_overrides(self._state, {})
         for session in self._sessions:
             if isinstance(session, Session):
                 _collect(errors, session.close)
@@ -163,7 +166,7 @@ class Isolation:
                     _collect(errors, t.cast(Engine, engine).dispose)
 
     async def _close_async(self, errors: list[Exception]) -> None:
-        self._state.overrides = {}
+        set_overrides(self._state, {})
         for session in self._sessions:
             if isinstance(session, AsyncSession):
                 await _acollect(errors, session.close())
