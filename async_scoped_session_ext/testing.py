@@ -331,17 +331,12 @@ def isolate(app: App) -> t.Iterator[Isolation]:
                 " Keep the default shared_loop=True to test it with isolate()."
             )
     errors: list[Exception] = []
+    failing = True  # until the block has run: opening may fail too
     try:
         isolation._open_sync()
         if _has_async(isolation):
             runner.run(isolation._open_async())
         isolation._install()
-    except BaseException:
-        _end_sync(isolation, errors)
-        _finish(errors, failing=True)
-        raise
-    failing = True
-    try:
         yield isolation
         failing = False
     finally:
@@ -369,17 +364,11 @@ async def aisolate(app: App) -> t.AsyncIterator[Isolation]:
             yield flask_isolation
         return
     errors: list[Exception] = []
+    failing = True  # until the block has run: opening may fail too
     try:
         isolation._open_sync()
         await isolation._open_async()
         isolation._install()
-    except BaseException:
-        isolation._close_sync(errors)
-        await isolation._close_async(errors)
-        _finish(errors, failing=True)
-        raise
-    failing = True
-    try:
         yield isolation
         failing = False
     finally:

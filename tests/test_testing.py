@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -251,3 +252,18 @@ async def test_run_is_refused_for_quart(async_engine: AsyncEngine) -> None:
     async with aisolate(app) as db:
         with pytest.raises(RuntimeError, match="await the coroutine"):
             db.run(count_async(async_engine))
+
+
+def test_failing_open_closes_what_was_opened(sync_engine: Engine) -> None:
+    """When one engine cannot connect, the connections already opened are returned."""
+    app = flask_app(flask_scoped_session(sessionmaker(sync_engine)))
+    unreachable = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    flask_scoped_session(sessionmaker(unreachable), app, name="down")
+    try:
+        with pytest.raises(OperationalError), isolate(app):
+            pass  # pragma: no cover - never entered
+        assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert app.test_client().post("/a").json == {"count": 1}  # own factories are back
+        assert count_sync(sync_engine) == 1
+    finally:
+        unreachable.dispose()
