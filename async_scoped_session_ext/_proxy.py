@@ -137,7 +137,7 @@ def _current_scoped_session() -> AnyScopedSession:
             scoped = state.default_session()
             if scoped is not None:
                 return scoped
-    state = _current_state()  # raises the error that says what is missing
+    _current_state()  # raises the error that says what is missing, if something is
     raise AttributeError(
         "The current app has no default scoped session: its only scoped sessions belong"
         " to an EngineRegistry, and current_session never stands for one of them. Use"
