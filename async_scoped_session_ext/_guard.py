@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import typing as t
-import weakref
 
 from sqlalchemy.ext.asyncio import async_scoped_session
 
@@ -54,45 +53,45 @@ _CONCURRENT_USE = (
 )
 
 
-class SessionClaims:
-    """Which task is inside an awaited operation of each session, if any."""
+_OWNER = "_async_scoped_session_ext_owner"
+"""The attribute of an ``AsyncSession`` naming the task inside an operation on it."""
 
-    def __init__(self) -> None:
-        self._owners: weakref.WeakKeyDictionary[AsyncSession, asyncio.Task[t.Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+
+class SessionClaims:
+    """Which task is inside an awaited operation of each session, if any.
+
+    The claim is an attribute of the session itself: set and cleared around every awaited
+    operation, it must cost next to nothing.
+    """
 
     def busy_elsewhere(self, session: AsyncSession) -> asyncio.Task[t.Any] | None:
         """The other, still running task that is using *session* right now, if any."""
-        owner = self._owners.get(session)
+        owner: asyncio.Task[t.Any] | None = getattr(session, _OWNER, None)
         if owner is None or owner.done() or owner is asyncio.current_task():
             return None
         return owner
 
-    async def run(
-        self, session: AsyncSession, operation: t.Callable[[], t.Awaitable[t.Any]]
-    ) -> t.Any:
-        """Await *operation* with *session* claimed by the current task."""
+    async def run(self, session: AsyncSession, name: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        """Await ``session.<name>(*args, **kwargs)`` with *session* claimed by this task."""
         task = asyncio.current_task()
-        owner = self._owners.get(session)
+        owner = getattr(session, _OWNER, None)
         if owner is task or task is None:  # re-entrant, or not in a task: nothing to claim
-            return await operation()
+            return await getattr(session, name)(*args, **kwargs)
         if owner is not None and not owner.done():
             raise RuntimeError(_CONCURRENT_USE.format(owner=owner))
-        self._owners[session] = task
+        setattr(session, _OWNER, task)
         try:
-            return await operation()
+            return await getattr(session, name)(*args, **kwargs)
         finally:
-            if self._owners.get(session) is task:
-                del self._owners[session]
+            if getattr(session, _OWNER, None) is task:
+                setattr(session, _OWNER, None)
 
 
 def guarded(name: str) -> t.Callable[..., t.Awaitable[t.Any]]:
     """A scoped-session method that awaits ``AsyncSession.<name>`` under a claim."""
 
     async def method(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        session = self._proxied
-        return await self._claims.run(session, lambda: getattr(session, name)(*args, **kwargs))
+        return await self._claims.run(self._proxied, name, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     return method
