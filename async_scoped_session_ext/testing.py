@@ -35,12 +35,19 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     AsyncTransaction,
-    async_sessionmaker,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from ._app import AppState, get_state, set_overrides
-from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
+from ._rebind import (
+    AnyEngine,
+    AnyFactory,
+    app_factories,
+    begin_on_database,
+    begin_options,
+    engines_of,
+    rebound,
+)
 from ._runner import runner
 
 if t.TYPE_CHECKING:
@@ -50,9 +57,6 @@ __all__ = ["Isolation", "aisolate", "isolate"]
 
 _T = t.TypeVar("_T")
 logger: logging.Logger = logging.getLogger("async_scoped_session_ext")
-
-AnyEngine = Engine | AsyncEngine
-AnyFactory = sessionmaker[t.Any] | async_sessionmaker[t.Any]
 
 
 class Isolation:
@@ -64,7 +68,7 @@ class Isolation:
     def __init__(self, app: App, state: AppState) -> None:
         self.app = app
         self._state = state
-        self._factories = _factories_of(app, state)
+        self._factories = app_factories(app, state)
         self._connections: dict[AnyEngine, Connection | AsyncConnection] = {}
         self._transactions: list[RootTransaction | AsyncTransaction] = []
         self._sessions: list[Session | AsyncSession] = []
@@ -125,26 +129,26 @@ class Isolation:
     # Opening: sync engines here, async ones on the loop their sessions will run on.
 
     def _open_sync(self) -> None:
-        for engine in _engines(self._factories, Engine):
+        for engine in engines_of(self._factories, Engine):
             connection = engine.connect()
             self._connections[engine] = connection
-            connection.execution_options(**_begin_options(engine))
+            connection.execution_options(**begin_options(engine))
             self._transactions.append(connection.begin())
-            _begin(connection)
+            begin_on_database(connection)
 
     async def _open_async(self) -> None:
-        for engine in _engines(self._factories, AsyncEngine):
+        for engine in engines_of(self._factories, AsyncEngine):
             connection = await engine.connect()
             self._connections[engine] = connection
-            await connection.execution_options(**_begin_options(engine.sync_engine))
+            await connection.execution_options(**begin_options(engine.sync_engine))
             self._transactions.append(await connection.begin())
-            await connection.run_sync(_begin)
+            await connection.run_sync(begin_on_database)
 
     def _install(self) -> None:
         set_overrides(
             self._state,
             {
-                scoped: _rebound(factory, self._connections)
+                scoped: rebound(factory, self._connections)
                 for scoped, factory in self._factories.items()
             },
         )
@@ -184,85 +188,6 @@ class Isolation:
     def _owns(self, engine: AnyEngine) -> bool:
         """Whether *engine* was made from the app's config (so it ends with the app)."""
         return any(engine is created for created in self._state.engines.created())
-
-
-_NO_SCOPED = (
-    "The app {app!r} has no {kind}, so there is no session factory to make this test's"
-    " session with. Initialise one on the app in its factory, or use the other kind."
-)
-
-
-def _factories_of(app: App, state: AppState) -> dict[t.Any, AnyFactory]:
-    """The session factory of each scoped session of *app*, as it is without a test."""
-    factories: dict[t.Any, AnyFactory] = {}
-    for scoped in state.scoped:
-        factory: object = getattr(scoped, "_session_factory", None)
-        if factory is None:
-            key = ASYNC_CONFIG_KEY if scoped.is_async else SYNC_CONFIG_KEY
-            if scoped.name not in (app.config.get(key) or {}):
-                continue  # no engine in this app, so nothing to isolate
-            factory = state.engines.factory(scoped.name, scoped.is_async, scoped.session_options)
-        if not isinstance(factory, sessionmaker | async_sessionmaker):
-            raise TypeError(
-                f"{scoped!r} makes its sessions with {factory!r}, which is not a"
-                " sessionmaker, so its sessions cannot be bound to the test's transaction."
-                " Pass a sessionmaker(...) (or async_sessionmaker(...)) to the scoped"
-                " session."
-            )
-        factories[scoped] = factory
-    return factories
-
-
-_E = t.TypeVar("_E", Engine, AsyncEngine)
-
-
-def _engines(factories: dict[t.Any, AnyFactory], kind: type[_E]) -> list[_E]:
-    """The engines of kind *kind* the factories bind to, each once, in order."""
-    found: dict[int, _E] = {}
-    for maker in factories.values():
-        options: dict[str, t.Any] = maker.kw
-        binds = [options.get("bind"), *(options.get("binds") or {}).values()]
-        for bind in binds:
-            if isinstance(bind, kind):
-                found.setdefault(id(bind), bind)
-    return list(found.values())
-
-
-def _rebound(
-    factory: AnyFactory, connections: dict[AnyEngine, Connection | AsyncConnection]
-) -> AnyFactory:
-    """*factory*, but binding its sessions to the test's connections with savepoints."""
-    kw = dict(factory.kw, join_transaction_mode="create_savepoint")
-    if isinstance(kw.get("bind"), Engine | AsyncEngine):
-        kw["bind"] = connections.get(kw["bind"], kw["bind"])
-    if kw.get("binds"):
-        kw["binds"] = {key: connections.get(bind, bind) for key, bind in kw["binds"].items()}
-    if isinstance(kw.get("replica"), Engine):
-        # replicas.ReplicaSession: in a test, plain reads see the test's own writes.
-        primary = kw["bind"]
-        kw["replica"] = primary.sync_connection if isinstance(primary, AsyncConnection) else primary
-    if isinstance(factory, async_sessionmaker):
-        return async_sessionmaker(class_=factory.class_, **kw)
-    return sessionmaker(class_=factory.class_, **kw)
-
-
-def _begin_options(engine: Engine) -> dict[str, t.Any]:
-    """Execution options for the test's connection before it begins its transaction.
-
-    SQLite's drivers begin a transaction only before a write and commit on their own
-    around savepoints, so the outer transaction would not hold; in driver-level
-    autocommit, with ``BEGIN`` emitted by :func:`_begin`, savepoints nest as they should.
-    """
-    return {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "sqlite" else {}
-
-
-def _begin(connection: Connection) -> None:
-    """Make sure the database itself is in a transaction after ``connection.begin()``."""
-    if connection.dialect.name != "sqlite":
-        return
-    driver = connection.connection.driver_connection
-    if not getattr(driver, "in_transaction", True):  # the app may emit BEGIN itself
-        connection.exec_driver_sql("BEGIN")
 
 
 def _collect(errors: list[Exception], step: t.Callable[[], object]) -> None:
@@ -306,7 +231,7 @@ def _start(app: App) -> Isolation:
 
 
 def _has_async(isolation: Isolation) -> bool:
-    return bool(_engines(isolation._factories, AsyncEngine))
+    return bool(engines_of(isolation._factories, AsyncEngine))
 
 
 @contextlib.contextmanager
