@@ -217,3 +217,13 @@ def test_entry_point_loads_in_a_fresh_interpreter(project: pytest.Pytester, tmp_
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=5, failed=1)
     assert rows_and_other_connections(url) == (0, 0)
+
+
+def test_app_fixture_without_asse_app_says_what_to_do(project: pytest.Pytester) -> None:
+    """Fixtures loaded by ``pytest_plugins`` but no ``app`` fixture: the failure says the fix."""
+    project.makeini(BASE_INI)
+    project.makeconftest('pytest_plugins = ["async_scoped_session_ext.fixtures"]\n')
+    project.makepyfile(test_x="def test_x(client):\n    pass\n")
+    result = project.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*set 'asse_app = package.module:create_app'*"])
