@@ -12,7 +12,7 @@ from typing_extensions import TypeVar
 
 from ._app import get_state, register, session_factory_for
 from ._engines import guard_fork
-from ._guard import GUARDED_METHODS, SessionClaims, guarded
+from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
 from ._misuse import check_async_access, check_async_factory, check_new_scope
 from ._runner import loop_running, runner
 from ._scope import ContextRegistry, current_app_context, in_request, scope_key
@@ -71,7 +71,6 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         self.registry = ContextRegistry(
             lambda: self.session_factory(), functools.partial(check_new_scope, self)
         )
-        self._claims = SessionClaims()
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
         if app is not None:
@@ -124,7 +123,7 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         """
         session = self.registry.pop()
         if session is not None:
-            busy = self._claims.busy_elsewhere(session)
+            busy = busy_elsewhere(session)
             await close_to_completion(session, self.close_timeout, busy)
 
     @contextlib.asynccontextmanager

@@ -57,41 +57,39 @@ _OWNER = "_async_scoped_session_ext_owner"
 """The attribute of an ``AsyncSession`` naming the task inside an operation on it."""
 
 
-class SessionClaims:
-    """Which task is inside an awaited operation of each session, if any.
+def busy_elsewhere(session: AsyncSession) -> asyncio.Task[t.Any] | None:
+    """The other, still running task that is inside an operation on *session*, if any.
 
-    The claim is an attribute of the session itself: set and cleared around every awaited
-    operation, it must cost next to nothing.
+    The claim is an attribute of the session itself: it is set and cleared around every
+    awaited operation, so it must cost next to nothing.
     """
+    owner: asyncio.Task[t.Any] | None = getattr(session, _OWNER, None)
+    if owner is None or owner.done() or owner is asyncio.current_task():
+        return None
+    return owner
 
-    def busy_elsewhere(self, session: AsyncSession) -> asyncio.Task[t.Any] | None:
-        """The other, still running task that is using *session* right now, if any."""
-        owner: asyncio.Task[t.Any] | None = getattr(session, _OWNER, None)
-        if owner is None or owner.done() or owner is asyncio.current_task():
-            return None
-        return owner
 
-    async def run(self, session: AsyncSession, name: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        """Await ``session.<name>(*args, **kwargs)`` with *session* claimed by this task."""
-        task = asyncio.current_task()
-        owner = getattr(session, _OWNER, None)
-        if owner is task or task is None:  # re-entrant, or not in a task: nothing to claim
-            return await getattr(session, name)(*args, **kwargs)
-        if owner is not None and not owner.done():
-            raise RuntimeError(_CONCURRENT_USE.format(owner=owner))
-        setattr(session, _OWNER, task)
-        try:
-            return await getattr(session, name)(*args, **kwargs)
-        finally:
-            if getattr(session, _OWNER, None) is task:
-                setattr(session, _OWNER, None)
+async def _claimed(session: AsyncSession, name: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    """Await ``session.<name>(*args, **kwargs)`` with *session* claimed by this task."""
+    task = asyncio.current_task()
+    owner = getattr(session, _OWNER, None)
+    if owner is task or task is None:  # re-entrant, or not in a task: nothing to claim
+        return await getattr(session, name)(*args, **kwargs)
+    if owner is not None and not owner.done():
+        raise RuntimeError(_CONCURRENT_USE.format(owner=owner))
+    setattr(session, _OWNER, task)
+    try:
+        return await getattr(session, name)(*args, **kwargs)
+    finally:
+        if getattr(session, _OWNER, None) is task:
+            setattr(session, _OWNER, None)
 
 
 def guarded(name: str) -> t.Callable[..., t.Awaitable[t.Any]]:
     """A scoped-session method that awaits ``AsyncSession.<name>`` under a claim."""
 
     async def method(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        return await self._claims.run(self._proxied, name, *args, **kwargs)
+        return await _claimed(self._proxied, name, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     return method

@@ -230,10 +230,6 @@ def _start(app: App) -> Isolation:
     return Isolation(app, state)
 
 
-def _has_async(isolation: Isolation) -> bool:
-    return bool(engines_of(isolation._factories, AsyncEngine))
-
-
 @contextlib.contextmanager
 def isolate(app: App) -> t.Iterator[Isolation]:
     """Run everything *app*'s sessions do inside transactions rolled back at the end.
@@ -242,7 +238,8 @@ def isolate(app: App) -> t.Iterator[Isolation]:
     Quart app with async sessions use :func:`aisolate` in an async test.
     """
     isolation = _start(app)
-    if _has_async(isolation):
+    has_async = bool(engines_of(isolation._factories, AsyncEngine))
+    if has_async:
         if isolation._state.is_quart:
             raise TypeError(
                 f"{app!r} is a Quart app with async sessions, whose connections must be"
@@ -259,22 +256,16 @@ def isolate(app: App) -> t.Iterator[Isolation]:
     failing = True  # until the block has run: opening may fail too
     try:
         isolation._open_sync()
-        if _has_async(isolation):
+        if has_async:  # on the shared loop, where the app's async views run
             runner.run(isolation._open_async())
         isolation._install()
         yield isolation
         failing = False
     finally:
-        _end_sync(isolation, errors)
+        isolation._close_sync(errors)
+        if has_async:  # an async session needs an async engine, so none exists otherwise
+            runner.run(isolation._close_async(errors))
         _finish(errors, failing)
-
-
-def _end_sync(isolation: Isolation, errors: list[Exception]) -> None:
-    isolation._close_sync(errors)
-    if any(isinstance(c, AsyncConnection) for c in isolation.connections) or any(
-        isinstance(s, AsyncSession) for s in isolation._sessions
-    ):
-        runner.run(isolation._close_async(errors))
 
 
 @contextlib.asynccontextmanager

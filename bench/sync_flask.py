@@ -68,41 +68,44 @@ def hand_app(dbs: Databases, url: str) -> SyncApp:
     return SyncApp(app, engine.dispose)
 
 
+class _Extension(t.Protocol):
+    """What both extensions offer: a request-scoped ``session`` and the app's ``engine``."""
+
+    @property
+    def session(self) -> Session: ...
+    @property
+    def engine(self) -> Engine: ...
+
+
+def _extension_app(app: Flask, db: _Extension, dbs: Databases) -> SyncApp:
+    """*app* with the view running the query through the extension's ``db.session``."""
+    query = dbs.query
+
+    @app.get(PATH)
+    def item() -> str:
+        return str(db.session.execute(query).scalar_one())
+
+    def close() -> None:
+        with app.app_context():
+            db.engine.dispose()
+
+    return SyncApp(app, close)
+
+
 def fsa_app(dbs: Databases, url: str) -> SyncApp:
     """Flask-SQLAlchemy's ``db.session``."""
     app = Flask("bench_fsa")
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     db = FlaskSQLAlchemy()
     db.init_app(app)
-    query = dbs.query
-
-    @app.get(PATH)
-    def item() -> str:
-        return str(db.session.execute(query).scalar_one())
-
-    def close() -> None:
-        with app.app_context():
-            db.engine.dispose()
-
-    return SyncApp(app, close)
+    return _extension_app(app, t.cast(_Extension, db), dbs)
 
 
 def lite_app(dbs: Databases, url: str) -> SyncApp:
     """flask-sqlalchemy-lite's ``db.session``."""
     app = Flask("bench_lite")
     app.config["SQLALCHEMY_ENGINES"] = {"default": url}
-    db = FlaskSQLAlchemyLite(app)
-    query = dbs.query
-
-    @app.get(PATH)
-    def item() -> str:
-        return str(db.session.execute(query).scalar_one())
-
-    def close() -> None:
-        with app.app_context():
-            db.engine.dispose()
-
-    return SyncApp(app, close)
+    return _extension_app(app, t.cast(_Extension, FlaskSQLAlchemyLite(app)), dbs)
 
 
 BUILDERS: dict[str, cabc.Callable[[Databases, str], SyncApp]] = {

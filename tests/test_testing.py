@@ -29,6 +29,9 @@ from .models import Base, Todo
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart
 
+if t.TYPE_CHECKING:
+    from flask.sansio.app import App
+
 COUNT = select(func.count(Todo.id))
 
 
@@ -138,9 +141,11 @@ def test_several_engines_and_replicas(tmp_path: Path) -> None:
             engine.dispose()
 
 
-def quart_app(scoped: async_scoped_session[AsyncSession]) -> Quart:
-    """A Quart app whose view adds a todo and commits."""
-    app = Quart(__name__)
+_A = t.TypeVar("_A", bound="App")
+
+
+def with_async_view(app: _A, scoped: async_scoped_session[AsyncSession]) -> _A:
+    """*app* (Quart, or Flask with async views), with a view that adds a todo and commits."""
     scoped.init_app(app)
 
     @app.post("/<title>")
@@ -150,6 +155,11 @@ def quart_app(scoped: async_scoped_session[AsyncSession]) -> Quart:
         return {"count": await current_session.scalar(COUNT)}
 
     return app
+
+
+def quart_app(scoped: async_scoped_session[AsyncSession]) -> Quart:
+    """A Quart app whose view adds a todo and commits."""
+    return with_async_view(Quart(__name__), scoped)
 
 
 async def count_async(engine: AsyncEngine) -> int:
@@ -203,16 +213,7 @@ def test_flask_async_views_on_the_shared_loop(backend: str, tmp_path: Path) -> N
     """Flask async views: the test's connection opens on the shared loop the views use."""
     url = database_url(backend, tmp_path)
     with engine_on_shared_loop(url) as engine:
-        scoped = async_scoped_session(async_sessionmaker(engine))
-        app = Flask(__name__)
-        scoped.init_app(app)
-
-        @app.post("/<title>")
-        async def add(title: str) -> dict[str, int | None]:
-            current_session.add(Todo(title=title))
-            await current_session.commit()
-            return {"count": await current_session.scalar(COUNT)}
-
+        app = with_async_view(Flask(__name__), async_scoped_session(async_sessionmaker(engine)))
         with isolate(app) as db:
             assert app.test_client().post("/a").json == {"count": 1}
             assert app.test_client().post("/b").json == {"count": 2}
