@@ -6,27 +6,29 @@ import contextlib
 import functools
 import typing as t
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
 from typing_extensions import TypeVar
 
-from ._app import get_state, register, session_factory_for
-from ._engines import guard_fork
+from ._app import get_state, use_shared_loop
+from ._base import ScopedBase
+from ._close import close_to_completion
+from ._context import ContextRegistry, close_all, record_of
+from ._frameworks import current_app_context
 from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
-from ._misuse import check_async_access, check_async_factory, check_new_scope
+from ._misuse import check_async_access, check_async_factory
 from ._runner import loop_running, runner
-from ._scope import ContextRegistry, current_app_context, in_request, scope_key
-from ._teardown import close_to_completion
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from flask.sansio.app import App
+
+    from ._app import AppState
 
 _AS = TypeVar("_AS", bound=AsyncSession, default=AsyncSession)
 _T = t.TypeVar("_T")
 
 
-class async_scoped_session(_sa_async_scoped_session[_AS]):
+class async_scoped_session(ScopedBase["async_sessionmaker[_AS]"], _sa_async_scoped_session[_AS]):
     """An :class:`~sqlalchemy.ext.asyncio.async_scoped_session` scoped to the app context.
 
     Every app context (each request, background task or pushed app context) gets its own
@@ -47,8 +49,9 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
     :param session_options: keyword arguments for that ``async_sessionmaker``.
     :param close_timeout: seconds a close may take at teardown before the session's
         connections are invalidated instead of returned to the pool.
-    :param shared_loop: Flask only. ``False`` keeps asgiref's default of a new event loop
-        per async view; the scoped session then refuses to work (see the docs).
+    :param shared_loop: Flask only, and app-wide. ``False`` keeps asgiref's default of a
+        new event loop per async view; the scoped session then refuses to work (see the
+        docs). Every async scoped session of one app must give the same value.
     """
 
     is_async: t.ClassVar[bool] = True
@@ -65,45 +68,18 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         shared_loop: bool = True,
     ) -> None:
         check_async_factory(session_factory)
-        self.name = name
-        self.session_options: dict[str, t.Any] = dict(session_options or {})
-        super().__init__(t.cast("async_sessionmaker[_AS]", session_factory), scopefunc=scope_key)
-        self.registry = ContextRegistry(
-            lambda: self.session_factory(), functools.partial(check_new_scope, self)
-        )
+        factory = t.cast("async_sessionmaker[_AS]", session_factory)
+        super().__init__(factory, scopefunc=current_app_context)
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
-        if app is not None:
-            self.init_app(app)
+        self._setup(app, name, session_options)
 
-    @property
-    def session_factory(self) -> async_sessionmaker[_AS]:
-        """The factory given to the constructor, or the current app's, made from its config."""
-        return t.cast("async_sessionmaker[_AS]", session_factory_for(self, self._session_factory))
+    def _init_app(self, app: App, state: AppState) -> None:
+        """On a Flask app, route the app's async code to the shared event loop."""
+        use_shared_loop(app, state, self.shared_loop)
 
-    @session_factory.setter
-    def session_factory(self, factory: async_sessionmaker[_AS] | None) -> None:
-        self._session_factory = factory
-
-    def init_app(self, app: App) -> None:
-        """Scope sessions to *app*'s contexts and close them at context teardown.
-
-        On a Flask app this also routes the app's async code to the shared event loop
-        (unless ``shared_loop=False``) and disposes the session factory's engine there when
-        the process exits.
-        """
-        state = register(app, self)
-        bind = self._session_factory.kw.get("bind") if self._session_factory else None
-        if isinstance(bind, AsyncEngine):
-            guard_fork(bind)  # a forked worker must not share the parent's connections
-        if state.is_quart:
-            return
-        state.shared_loop = self.shared_loop
-        if self.shared_loop:
-            flask_app = t.cast("Flask", app)
-            flask_app.async_to_sync = runner.async_to_sync  # type: ignore[method-assign]
-        if isinstance(bind, AsyncEngine):
-            runner.dispose_at_exit(bind)
+    def _check_access(self) -> None:
+        check_async_access()
 
     def __call__(self, **kw: t.Any) -> _AS:
         check_async_access()
@@ -120,11 +96,15 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         The session leaves the registry first. An operation another task still has in
         progress on it may finish first; then the session is closed to completion under
         :func:`asyncio.shield`, and a cancellation of the caller is re-raised afterwards.
+        Outside an app context there is nothing to remove, and nothing happens.
         """
         session = self.registry.pop()
         if session is not None:
-            busy = busy_elsewhere(session)
-            await close_to_completion(session, self.close_timeout, busy)
+            await self.close_session(session)
+
+    def close_session(self, session: _AS) -> t.Coroutine[t.Any, t.Any, None]:
+        """Close *session* to completion (see :meth:`remove`), when awaited."""
+        return close_to_completion(session, self.close_timeout, busy_elsewhere(session))
 
     @contextlib.asynccontextmanager
     async def fresh(self, **kw: t.Any) -> t.AsyncIterator[_AS]:
@@ -134,13 +114,17 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         ``AsyncSession`` must not be used concurrently. Tasks started with
         ``asyncio.gather`` or ``asyncio.create_task``, and tasks that outlive the request,
         use ``async with scoped.fresh() as session:`` instead. Keyword arguments go to the
-        session factory.
+        session factory. It makes the same checks as the scoped session (async code, the
+        app's own event loop).
         """
-        session = self.session_factory(**kw)
+        session: _AS = self._open_fresh(**kw)
         try:
             yield session
         finally:
-            await close_to_completion(session, self.close_timeout)
+            try:
+                await close_to_completion(session, self.close_timeout)
+            finally:
+                self._fresh_closed()
 
     def run(self, coro: t.Coroutine[t.Any, t.Any, _T]) -> _T:
         """Run *coro* on the shared event loop from sync code, and return its result.
@@ -149,20 +133,22 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         so it can ``await current_session.execute(...)``. In a Flask app the session lives
         until the context is torn down. In a Quart app (whose CLI runs commands inside a
         loop of its own) the context's async sessions are closed when *coro* is done, on
-        the loop that used them. Calling it while handling a request raises: await instead.
+        the loop that used them; every one is closed even if one close fails (that failure
+        is logged, as at teardown), and *coro*'s own result or error is what ``run()``
+        returns or raises. Calling it while handling a request raises: await instead.
         """
-        if runner.is_loop_thread() or (loop_running() and in_request()):
+        ctx = current_app_context()
+        state = get_state(ctx.app) if ctx is not None else None
+        in_request = state is not None and state.framework.in_request()
+        if runner.is_loop_thread() or (loop_running() and in_request):
             coro.close()
             raise RuntimeError(
                 "async_scoped_session.run() was called from async code that handles a"
                 " request. It is for sync code (CLI commands, scripts, the shell); in async"
                 " code, await the coroutine directly."
             )
-        ctx = current_app_context()
-        state = get_state(ctx.app) if ctx is not None else None
         if state is not None and state.is_quart:
-            own = [s for s in state.scoped if isinstance(s, async_scoped_session)]
-            return runner.run(_then_remove(coro, own))
+            return runner.run(_then_close_async_sessions(coro))
         return runner.run(coro)
 
     def query_property(self, *args: object, **kwargs: object) -> t.NoReturn:
@@ -179,14 +165,15 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         )
 
 
-async def _then_remove(
-    coro: t.Coroutine[t.Any, t.Any, _T], scoped_sessions: t.Sequence[async_scoped_session[t.Any]]
-) -> _T:
+async def _then_close_async_sessions(coro: t.Coroutine[t.Any, t.Any, _T]) -> _T:
+    """Await *coro*, then close the current context's async sessions, as a teardown would."""
     try:
         return await coro
     finally:
-        for scoped in scoped_sessions:
-            await scoped.remove()
+        ctx = current_app_context()
+        record = record_of(ctx) if ctx is not None else None
+        if record is not None:
+            await close_all(record.take(only_async=True))
 
 
 for _name in GUARDED_METHODS:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import sessionmaker
 
 from ._runner import runner
+from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -28,13 +29,45 @@ if t.TYPE_CHECKING:
 SYNC_CONFIG_KEY = "SQLALCHEMY_ENGINES"
 ASYNC_CONFIG_KEY = "SQLALCHEMY_ASYNC_ENGINES"
 
-AnyEngine = Engine | AsyncEngine
-AnyFactory = sessionmaker[t.Any] | async_sessionmaker[t.Any]
-
 # Process-wide, like the fork itself: no engine may hand a parent's pooled connection to a
 # forked child. Engines are held weakly; each is the sync core of an engine we know of.
 _known_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _created_sync_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def engines_of(factory: object) -> list[AnyEngine]:
+    """Every engine the session *factory* can reach, each once.
+
+    Its ``bind``, the values of its ``binds``, and any engine among its other keyword
+    arguments (those of a custom Session class, such as ``ReplicaSession``'s ``replica``).
+    The sync core of an async engine (what an ``AsyncSession``'s sync session class is
+    given) is returned as an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` around it.
+    """
+    options = getattr(factory, "kw", None)  # sessionmaker and async_sessionmaker keep them
+    if not isinstance(options, t.Mapping):
+        return []
+    found: dict[int, AnyEngine] = {}  # by the sync core: an engine and its proxy are one
+    for value in options.values():
+        for candidate in value.values() if isinstance(value, t.Mapping) else (value,):
+            if isinstance(candidate, AsyncEngine):
+                found[id(candidate.sync_engine)] = candidate
+            elif isinstance(candidate, Engine) and id(candidate) not in found:
+                is_async_core = candidate.dialect.is_async
+                found[id(candidate)] = AsyncEngine(candidate) if is_async_core else candidate
+    return list(found.values())
+
+
+def adopt(factory: object, *, dispose_at_exit: bool) -> None:
+    """Take charge of every engine *factory* reaches, for the life of the process.
+
+    A forked child opens its own connections for each; with *dispose_at_exit* (a Flask
+    app, whose async connections live on the shared loop), each async engine is disposed
+    on that loop when the process exits.
+    """
+    for engine in engines_of(factory):
+        guard_fork(engine)
+        if dispose_at_exit and isinstance(engine, AsyncEngine):
+            runner.dispose_at_exit(engine)
 
 
 def guard_fork(engine: AnyEngine) -> None:

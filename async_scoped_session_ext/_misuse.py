@@ -9,13 +9,13 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from ._app import NOT_INITIALISED, get_state
+from ._app import NOT_INITIALISED, get_state, is_initialised
+from ._frameworks import current_app_context
 from ._runner import runner
-from ._scope import AppContextLike, in_request, scope_key
 
 if t.TYPE_CHECKING:
-    from ._async import async_scoped_session
-    from ._sync import flask_scoped_session
+    from ._context import AppContextLike
+    from ._types import ScopedLike
 
 _FOREIGN_LOOP = (
     "An async_scoped_session of {app!r} was used from an event loop that is not the app's."
@@ -45,25 +45,18 @@ _SYNC_IN_ASYNC = (
     " async_scoped_session (with create_async_engine) in async views, or make the view a"
     " plain 'def'."
 )
-_CONTEXT_POPPED = (
-    "The app context {ctx!r} is torn down, but this code still runs in it: a task started"
-    " with asyncio.gather() or asyncio.create_task() (or a thread) that outlives its request. A"
-    " session opened here would never be closed. Give such a task a session of its own:"
-    " 'async with scoped.fresh() as session:' (or 'with scoped.fresh() as session:')."
-)
 
 
-def check_new_scope(
-    scoped: flask_scoped_session[t.Any] | async_scoped_session[t.Any], ctx: AppContextLike
-) -> None:
-    """Refuse to open a session that no teardown would ever close."""
-    state = get_state(ctx.app)
-    if state is None or scoped not in state.scoped:  # scoped sessions compare by identity
+def check_new_scope(scoped: ScopedLike, ctx: AppContextLike) -> None:
+    """Refuse to open a session in an app that would never close it."""
+    if not is_initialised(ctx.app, scoped):
         raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
-    # Both frameworks keep one token per push; none left means the context was popped and
-    # only lingers in a child task that inherited the context variable.
-    if getattr(ctx, "_cv_tokens", True) == [] or scoped.registry.is_closing(ctx):
-        raise RuntimeError(_CONTEXT_POPPED.format(ctx=ctx))
+
+
+def _current_app() -> t.Any:
+    """The current app, or ``None`` outside a context (where the registry raises itself)."""
+    ctx = current_app_context()
+    return None if ctx is None else ctx.app
 
 
 def check_async_access() -> None:
@@ -71,11 +64,11 @@ def check_async_access() -> None:
     loop = asyncio._get_running_loop()
     if loop is None:
         raise TypeError(_ASYNC_IN_SYNC)
-    app = scope_key().app
-    state = get_state(app)
+    app = _current_app()
+    state = get_state(app) if app is not None else None
     if state is None or state.is_quart or runner.owns_running_loop():
         return
-    cause = _SHARED if state.shared_loop else _OPTED_OUT
+    cause = _OPTED_OUT if state.shared_loop is False else _SHARED
     raise RuntimeError(_FOREIGN_LOOP.format(app=app, cause=cause))
 
 
@@ -88,11 +81,14 @@ def check_sync_access() -> None:
     """
     if asyncio._get_running_loop() is None:
         return
-    app = scope_key().app
-    state = get_state(app)
+    app = _current_app()
+    state = get_state(app) if app is not None else None
     if state is None:
         return
-    if (state.is_quart and in_request()) or (state.shared_loop and runner.owns_running_loop()):
+    if state.is_quart:
+        if state.framework.in_request():
+            raise TypeError(_SYNC_IN_ASYNC.format(app=app))
+    elif state.shared_loop and runner.owns_running_loop():
         raise TypeError(_SYNC_IN_ASYNC.format(app=app))
 
 

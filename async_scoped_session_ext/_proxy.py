@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
-from werkzeug.local import LocalProxy
-
-from ._app import EXTENSION_KEY, AppState, get_state
-from ._scope import NO_APP_CONTEXT_MESSAGE, current_app_context
+from ._current import current_scoped_session, current_state, session_proxy
 
 if t.TYPE_CHECKING:
     from sqlalchemy import Executable
@@ -112,65 +109,6 @@ class CurrentSession(SessionSurface, t.Protocol):
     def __getattr__(self, name: str) -> t.Any: ...
 
 
-def _current_state() -> AppState:
-    ctx = current_app_context()
-    if ctx is None:
-        raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
-    app = ctx.app
-    state = get_state(app)
-    if state is None:
-        raise AttributeError(
-            f"{app!r} has no 'scoped_session' attribute: no scoped session was initialised"
-            " on this app. Create one with flask_scoped_session(session_factory, app) or"
-            " async_scoped_session(session_factory, app), or call 'init_app(app)' on it in"
-            " your app factory."
-        )
-    return state
-
-
-def _current_scoped_session() -> AnyScopedSession:
-    # The hot path of every ``current_session.<attr>``: one context lookup, one dict lookup.
-    ctx = current_app_context()
-    if ctx is not None:
-        state: AppState | None = ctx.app.extensions.get(EXTENSION_KEY)
-        if state is not None:
-            scoped = state.default_session()
-            if scoped is not None:
-                return scoped
-    _current_state()  # raises the error that says what is missing, if something is
-    raise AttributeError(
-        "The current app has no default scoped session: its only scoped sessions belong"
-        " to an EngineRegistry, and current_session never stands for one of them. Use"
-        " 'registry[key]' for a key's session, or create a flask_scoped_session or"
-        " async_scoped_session for the app's own database."
-    )
-
-
-class _SessionProxy(LocalProxy):  # type: ignore[type-arg]
-    """werkzeug's ``LocalProxy``, with a direct path for public attributes and calls.
-
-    ``LocalProxy`` reaches a session attribute through ``__getattr__``, which Python calls
-    only after normal lookup has failed and raised an ``AttributeError``, and then builds a
-    bound lookup object: about a microsecond per ``current_session.execute``. Public names
-    go straight to the scoped session here. Names starting with ``_`` (the proxy's own
-    ``_get_current_object``, ``__class__``, ...) keep ``LocalProxy``'s behaviour.
-    """
-
-    __slots__ = ()
-
-    def __getattribute__(self, name: str) -> t.Any:
-        if name[0] == "_":
-            return object.__getattribute__(self, name)
-        return getattr(_current_scoped_session(), name)
-
-    def __getattr__(self, name: str) -> t.Any:
-        # A private name the proxy itself lacks: the scoped session's, as in LocalProxy.
-        return getattr(_current_scoped_session(), name)
-
-    def __call__(self, **kw: t.Any) -> t.Any:
-        return _current_scoped_session()(**kw)
-
-
 def get_scoped_session(name: str = "default") -> AnyScopedSession:
     """The current app's scoped session called *name* (the ``name=`` it was created with).
 
@@ -180,9 +118,9 @@ def get_scoped_session(name: str = "default") -> AnyScopedSession:
 
     :raises KeyError: when the app has no scoped session of that name.
     """
-    state = _current_state()
+    state = current_state()
     if name == "default":
-        return _current_scoped_session()
+        return t.cast("AnyScopedSession", current_scoped_session())
     scoped = state.session_named(name)
     if scoped is None:
         known = sorted({s.name for s in state.named_scoped()})
@@ -191,10 +129,10 @@ def get_scoped_session(name: str = "default") -> AnyScopedSession:
             f" Create one with flask_scoped_session(name={name!r}) or"
             f" async_scoped_session(name={name!r}) and call 'init_app(app)' on it."
         )
-    return scoped
+    return t.cast("AnyScopedSession", scoped)
 
 
-current_session: CurrentSession = t.cast(CurrentSession, _SessionProxy(_current_scoped_session))
+current_session: CurrentSession = t.cast(CurrentSession, session_proxy)
 """The current app's scoped session, resolved on every access.
 
 ``await current_session.execute(...)`` in Quart and async views, ``current_session.query(...)``

@@ -8,21 +8,20 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from ._app import AppState
-from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
+from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY, engines_of
+from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
-AnyEngine = Engine | AsyncEngine
-AnyFactory = sessionmaker[t.Any] | async_sessionmaker[t.Any]
+    from ._app import AppState
 
 
 def app_factories(app: App, state: AppState) -> dict[t.Any, AnyFactory]:
     """The session factory of each scoped session of *app*, as it is without a test."""
     factories: dict[t.Any, AnyFactory] = {}
     for scoped in state.scoped:
-        factory: object = getattr(scoped, "_session_factory", None)
+        factory: object = scoped.given_factory
         if factory is None:
             key = ASYNC_CONFIG_KEY if scoped.is_async else SYNC_CONFIG_KEY
             if scoped.name not in (app.config.get(key) or {}):
@@ -42,28 +41,55 @@ def app_factories(app: App, state: AppState) -> dict[t.Any, AnyFactory]:
 _E = t.TypeVar("_E", Engine, AsyncEngine)
 
 
-def engines_of(factories: dict[t.Any, AnyFactory], kind: type[_E]) -> list[_E]:
-    """The engines of kind *kind* the factories bind to, each once, in order."""
+def engines_of_kind(factories: dict[t.Any, AnyFactory], kind: type[_E]) -> list[_E]:
+    """The engines of kind *kind* the factories reach (see ``engines_of``), each once.
+
+    A ``ReplicaSession``'s replica is left out: in a test its reads go to the primary's
+    connection (see :func:`rebound`), so that they see the test's own writes.
+    """
     found: dict[int, _E] = {}
-    for maker in factories.values():
-        options: dict[str, t.Any] = maker.kw
-        binds = [options.get("bind"), *(options.get("binds") or {}).values()]
-        for bind in binds:
-            if isinstance(bind, kind):
-                found.setdefault(id(bind), bind)
+    for factory in factories.values():
+        replica = factory.kw.get("replica")
+        for engine in engines_of(factory):
+            if isinstance(engine, kind) and not _is(engine, replica):
+                found.setdefault(id(_core(engine)), engine)
     return list(found.values())
+
+
+def _is(engine: AnyEngine, other: object) -> bool:
+    return isinstance(other, Engine | AsyncEngine) and _core(engine) is _core(other)
+
+
+def _core(engine: AnyEngine) -> Engine:
+    return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
 
 def rebound(
     factory: AnyFactory, connections: dict[AnyEngine, Connection | AsyncConnection]
 ) -> AnyFactory:
-    """*factory*, but binding its sessions to the test's connections with savepoints."""
-    kw = dict(factory.kw, join_transaction_mode="create_savepoint")
-    if isinstance(kw.get("bind"), Engine | AsyncEngine):
-        kw["bind"] = connections.get(kw["bind"], kw["bind"])
-    if kw.get("binds"):
-        kw["binds"] = {key: connections.get(bind, bind) for key, bind in kw["binds"].items()}
-    if isinstance(kw.get("replica"), Engine):
+    """*factory*, but binding its sessions to the test's connections with savepoints.
+
+    Every engine among the factory's keyword arguments (``bind``, the values of ``binds``,
+    a custom Session class's) is replaced by the test's connection to it.
+    """
+    by_core = {id(_core(engine)): connection for engine, connection in connections.items()}
+
+    def swap(value: t.Any) -> t.Any:
+        if isinstance(value, Engine | AsyncEngine):
+            connection = by_core.get(id(_core(value)))
+            if connection is None:
+                return value
+            if isinstance(value, Engine) and isinstance(connection, AsyncConnection):
+                return connection.sync_connection  # a sync session class's async engine
+            return connection
+        return value
+
+    kw: dict[str, t.Any] = {
+        key: {k: swap(v) for k, v in value.items()} if key == "binds" and value else swap(value)
+        for key, value in factory.kw.items()
+    }
+    kw["join_transaction_mode"] = "create_savepoint"
+    if kw.get("replica") is not None and isinstance(kw.get("bind"), Connection | AsyncConnection):
         # replicas.ReplicaSession: in a test, plain reads see the test's own writes.
         primary = kw["bind"]
         kw["replica"] = primary.sync_connection if isinstance(primary, AsyncConnection) else primary

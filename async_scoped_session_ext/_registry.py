@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import threading
 import typing as t
 import weakref
@@ -13,16 +14,15 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
-from ._app import ensure_state, register, unregister
+from ._app import ensure_state, register, unregister, use_shared_loop
 from ._async import async_scoped_session
+from ._close import logger
 from ._engines import guard_fork
+from ._frameworks import current_app_context
 from ._runner import runner
-from ._scope import current_app_context
 from ._sync import flask_scoped_session
-from ._teardown import logger
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from flask.sansio.app import App
     from quart import Quart
 
@@ -35,8 +35,10 @@ class _Entry:
     label: str
     engine: Engine | AsyncEngine
     scoped: AnyScoped
-    #: The event loop an async engine's sessions were handed out on (its connections' loop).
+    #: The event loop an async engine's sessions were handed out on (its connections' loop),
+    #: in the process *pid* (a forked child forgets its parent's loop).
     loop: asyncio.AbstractEventLoop | None = None
+    pid: int = 0
     #: Checked-out connections, counted here when the pool does not count them itself.
     _checkouts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,7 +65,7 @@ class _Entry:
 
     def in_use(self) -> bool:
         """Whether a session of this entry is still open somewhere, or holds a connection."""
-        if len(self.scoped.registry) > 0:
+        if len(self.scoped.registry) > 0 or self.scoped.fresh_open > 0:
             return True
         pool = self._sync_engine().pool
         if hasattr(pool, "checkedout"):
@@ -136,8 +138,7 @@ class EngineRegistry:
                 if state.is_quart:
                     t.cast("Quart", app).after_serving(self.aclose)
                 elif self.is_async:  # as async_scoped_session.init_app does
-                    state.shared_loop = True
-                    t.cast("Flask", app).async_to_sync = runner.async_to_sync  # type: ignore[method-assign]
+                    use_shared_loop(app, state, True)
             self._apps.add(app)
             for entry in [*self._entries.values(), *self._retired]:
                 self._attach(entry, app)
@@ -217,8 +218,9 @@ class EngineRegistry:
         ctx = current_app_context()
         if ctx is None or ctx.app not in self._apps:
             return
-        if isinstance(entry.engine, AsyncEngine) and entry.loop is None:
-            entry.loop = asyncio._get_running_loop()
+        pid = os.getpid()
+        if isinstance(entry.engine, AsyncEngine) and (entry.loop is None or entry.pid != pid):
+            entry.loop, entry.pid = asyncio._get_running_loop(), pid
         try:
             entry.scoped.registry()
         except RuntimeError:
@@ -237,7 +239,10 @@ class EngineRegistry:
         """Dispose the engines of *entries*, outside the lock (closing connections is I/O)."""
         for entry in entries:
             if isinstance(entry.engine, AsyncEngine):
-                self._dispose_async(entry.engine, entry.loop)
+                # A loop of the parent process never runs here: the engine's pool in this
+                # child is its own (see guard_fork), with nothing of the parent's to close.
+                loop = entry.loop if entry.pid == os.getpid() else None
+                self._dispose_async(entry.engine, loop)
             else:
                 entry.engine.dispose()
             with self._lock:

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import typing as t
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from typing_extensions import TypeVar
 
-from ._app import register, session_factory_for
-from ._engines import guard_fork
-from ._misuse import check_new_scope, check_sync_access, check_sync_factory
-from ._scope import ContextRegistry, scope_key
+from ._base import ScopedBase
+from ._context import ContextRegistry
+from ._frameworks import current_app_context
+from ._misuse import check_sync_access, check_sync_factory
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
+    from ._app import AppState
+
 _S = TypeVar("_S", bound=Session, default=Session)
 
 
-class flask_scoped_session(scoped_session[_S]):
+class flask_scoped_session(ScopedBase["sessionmaker[_S]"], scoped_session[_S]):
     """A :class:`~sqlalchemy.orm.scoped_session` whose scope is the current app context.
 
     A drop-in replacement for Flask-SQLAlchemy-Session 1.1: every app context (so every
@@ -49,47 +49,17 @@ class flask_scoped_session(scoped_session[_S]):
         session_options: t.Mapping[str, t.Any] | None = None,
     ) -> None:
         check_sync_factory(session_factory)
-        self.name = name
-        self.session_options: dict[str, t.Any] = dict(session_options or {})
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
-        super().__init__(t.cast("sessionmaker[_S]", session_factory), scopefunc=scope_key)
-        self.registry = ContextRegistry(
-            lambda: self.session_factory(), functools.partial(check_new_scope, self)
-        )
-        if app is not None:
-            self.init_app(app)
+        factory = t.cast("sessionmaker[_S]", session_factory)
+        super().__init__(factory, scopefunc=current_app_context)
+        self._setup(app, name, session_options)
 
-    @property
-    def session_factory(self) -> sessionmaker[_S]:
-        """The factory given to the constructor, or the current app's, made from its config."""
-        return t.cast("sessionmaker[_S]", session_factory_for(self, self._session_factory))
-
-    @session_factory.setter
-    def session_factory(self, factory: sessionmaker[_S] | None) -> None:
-        self._session_factory = factory
-
-    def init_app(self, app: App) -> None:
-        """Scope sessions to *app*'s contexts and remove them at context teardown.
-
-        Sets ``app.scoped_session`` to the app's default sync scoped session (this one,
-        unless it has another ``name``), as Flask-SQLAlchemy-Session did.
-        """
-        state = register(app, self)
-        bind = getattr(self._session_factory, "kw", {}).get("bind")
-        if isinstance(bind, Engine):
-            guard_fork(bind)  # a forked worker must not share the parent's connections
+    def _init_app(self, app: App, state: AppState) -> None:
         # Flask-SQLAlchemy-Session's public attribute (the default session); untyped on App.
         app.scoped_session = state.sync_default  # type: ignore[attr-defined]
 
-    def remove(self) -> None:
-        """Close and forget the current context's session, if it has one.
-
-        The session leaves the registry before it is closed, so a failing close can never
-        leave a broken session behind for the next user of the context.
-        """
-        session = self.registry.pop()
-        if session is not None:
-            session.close()
+    def _check_access(self) -> None:
+        check_sync_access()
 
     def __call__(self, **kw: t.Any) -> _S:
         check_sync_access()
@@ -100,6 +70,21 @@ class flask_scoped_session(scoped_session[_S]):
         check_sync_access()
         return self.registry()
 
+    def remove(self) -> None:
+        """Close and forget the current context's session, if it has one.
+
+        The session leaves the registry before it is closed, so a failing close can never
+        leave a broken session behind for the next user of the context. Outside an app
+        context there is nothing to remove, and nothing happens.
+        """
+        session = self.registry.pop()
+        if session is not None:
+            session.close()
+
+    def close_session(self, session: _S) -> None:
+        """Close *session* (a session this scoped session made) now."""
+        session.close()
+
     @contextlib.contextmanager
     def fresh(self, **kw: t.Any) -> t.Iterator[_S]:
         """A new session of its own, closed when the block ends.
@@ -108,8 +93,11 @@ class flask_scoped_session(scoped_session[_S]):
         of work committed independently of the request. Keyword arguments go to the session
         factory.
         """
-        session = self.session_factory(**kw)
+        session: _S = self._open_fresh(**kw)
         try:
             yield session
         finally:
-            session.close()
+            try:
+                session.close()
+            finally:
+                self._fresh_closed()

@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from ._app import is_quart_app
 from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
+from ._frameworks import is_quart_app
 from .testing import Isolation, aisolate, isolate
 
 if t.TYPE_CHECKING:

@@ -40,15 +40,14 @@ from sqlalchemy.orm import Session
 
 from ._app import AppState, get_state, set_overrides
 from ._rebind import (
-    AnyEngine,
-    AnyFactory,
     app_factories,
     begin_on_database,
     begin_options,
-    engines_of,
+    engines_of_kind,
     rebound,
 )
 from ._runner import runner
+from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -129,7 +128,7 @@ class Isolation:
     # Opening: sync engines here, async ones on the loop their sessions will run on.
 
     def _open_sync(self) -> None:
-        for engine in engines_of(self._factories, Engine):
+        for engine in engines_of_kind(self._factories, Engine):
             connection = engine.connect()
             self._connections[engine] = connection
             connection.execution_options(**begin_options(engine))
@@ -137,7 +136,7 @@ class Isolation:
             begin_on_database(connection)
 
     async def _open_async(self) -> None:
-        for engine in engines_of(self._factories, AsyncEngine):
+        for engine in engines_of_kind(self._factories, AsyncEngine):
             connection = await engine.connect()
             self._connections[engine] = connection
             await connection.execution_options(**begin_options(engine.sync_engine))
@@ -238,7 +237,7 @@ def isolate(app: App) -> t.Iterator[Isolation]:
     Quart app with async sessions use :func:`aisolate` in an async test.
     """
     isolation = _start(app)
-    has_async = bool(engines_of(isolation._factories, AsyncEngine))
+    has_async = bool(engines_of_kind(isolation._factories, AsyncEngine))
     if has_async:
         if isolation._state.is_quart:
             raise TypeError(
@@ -246,7 +245,7 @@ def isolate(app: App) -> t.Iterator[Isolation]:
                 " opened on the test's event loop: use 'async with aisolate(app)' in an"
                 " async test (or the plugin's fixtures, which do)."
             )
-        if not isolation._state.shared_loop:
+        if isolation._state.shared_loop is False:
             raise RuntimeError(
                 f"{app!r} runs its async views with shared_loop=False, so its async"
                 " sessions have no one event loop to open the test's connections on."

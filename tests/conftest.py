@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
 
-from async_scoped_session_ext._scope import ContextRegistry
+from async_scoped_session_ext._context import ContextRegistry
 
 from .models import Base
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc as cabc
+import contextvars
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ import httpx
 import pytest
 from flask import Flask, Response, copy_current_request_context
 from flask import stream_with_context as flask_stream_with_context
+from flask.signals import appcontext_popped
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -35,7 +37,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
-from async_scoped_session_ext._scope import current_app_context
+from async_scoped_session_ext._frameworks import current_app_context
 
 from .conftest import HAS_QUART, database_url, engine_on_shared_loop, needs_quart
 from .models import Todo
@@ -84,25 +86,52 @@ class Teardowns:
         return [call for call in self.calls if call.ctx is ctx]
 
 
+_pending: contextvars.ContextVar[Teardown | None] = contextvars.ContextVar("_pending", default=None)
+
+
 def record_teardowns(
+    app: Flask | Quart,
     teardowns: Teardowns,
     engine: Engine | AsyncEngine,
     registry: t.Callable[[], int],
-) -> t.Callable[[BaseException | None], None]:
-    """A teardown function that records the context, exception, thread and pool state."""
+) -> None:
+    """Record each teardown of *app*: its context, exception and thread, and the pool state
+    once the library's teardown has run too.
 
-    def record(exc: BaseException | None) -> None:
-        teardowns.calls.append(
-            Teardown(
-                ctx=current_app_context(),
-                exc=exc,
-                thread=threading.get_ident(),
-                checked_out=engine.pool.checkedout(),  # type: ignore[attr-defined]
-                registered=registry(),
-            )
-        )
+    The library closes the sessions on ``appcontext_tearing_down``, after every teardown
+    function; ``appcontext_popped`` comes after that, in the same thread or task.
+    """
 
-    return record
+    def started(exc: BaseException | None) -> None:
+        call = Teardown(current_app_context(), exc, threading.get_ident(), -1, -1)
+        teardowns.calls.append(call)
+        _pending.set(call)
+
+    def finished() -> None:
+        call = _pending.get()
+        if call is not None:
+            call.checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+            call.registered = registry()
+            _pending.set(None)
+
+    if HAS_QUART and isinstance(app, Quart):
+        from quart.signals import appcontext_popped as quart_popped
+
+        async def started_async(exc: BaseException | None) -> None:
+            started(exc)
+
+        async def finished_async(sender: Quart, **kwargs: object) -> None:
+            finished()
+
+        app.teardown_appcontext(started_async)
+        quart_popped.connect(finished_async, app, weak=False)
+        return
+
+    def finished_sync(sender: Flask, **kwargs: object) -> None:
+        finished()
+
+    app.teardown_appcontext(started)
+    appcontext_popped.connect(finished_sync, app, weak=False)
 
 
 async def eventually(check: t.Callable[[], bool], what: str) -> None:
@@ -153,16 +182,11 @@ class QuartSetup:
 
 @pytest.fixture
 def quart_setup(async_engine: AsyncEngine) -> QuartSetup:
-    """A Quart app whose recording teardown runs after the library's (registration order)."""
+    """A Quart app whose teardowns are recorded, with the state after the library's."""
     app = Quart(__name__)
     scoped = async_scoped_session(async_sessionmaker(async_engine), app)
     teardowns = Teardowns()
-    record = record_teardowns(teardowns, async_engine, lambda: len(scoped.registry))
-
-    @app.teardown_appcontext
-    async def record_async(exc: BaseException | None) -> None:
-        record(exc)
-
+    record_teardowns(app, teardowns, async_engine, lambda: len(scoped.registry))
     return QuartSetup(app, scoped, async_engine, teardowns)
 
 
@@ -737,18 +761,12 @@ class FlaskSetup:
 
 
 def make_flask_setup(engine: Engine, **session_options: t.Any) -> FlaskSetup:
-    """A Flask app whose recording teardown runs after the library's.
-
-    Flask runs teardown functions in reverse order of registration, so the recorder is
-    registered before ``init_app``.
-    """
+    """A Flask app whose teardowns are recorded, with the state after the library's."""
     app = Flask(__name__)
     app.testing = True
     teardowns = Teardowns()
-    holder: list[flask_scoped_session[Session]] = []
-    app.teardown_appcontext(record_teardowns(teardowns, engine, lambda: len(holder[0].registry)))
     scoped = flask_scoped_session(sessionmaker(bind=engine, **session_options), app)
-    holder.append(scoped)
+    record_teardowns(app, teardowns, engine, lambda: len(scoped.registry))
     return FlaskSetup(app, scoped, engine, teardowns)
 
 

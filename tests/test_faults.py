@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from async_scoped_session_ext import async_scoped_session
-from async_scoped_session_ext._teardown import close_to_completion
+from async_scoped_session_ext._close import close_to_completion
 
 from .conftest import QUART_MISSING, postgres_url, require_postgres
 from .faultproxy import FaultProxy

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 from flask import Flask
+from flask.signals import appcontext_tearing_down
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -36,6 +37,7 @@ SCRIPT = textwrap.dedent(
     asyncio.BaseEventLoop.__init__ = counting_init
 
     from flask import Flask
+    from flask.signals import appcontext_tearing_down
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import sessionmaker
 
@@ -61,10 +63,10 @@ SCRIPT = textwrap.dedent(
         "asgiref_imported": "asgiref" in sys.modules,
         "threads": threading.active_count(),
         "loops_created": loops_created,
-        "teardowns": len(app.teardown_appcontext_funcs),
+        "teardowns": len(list(appcontext_tearing_down.receivers_for(app))),
         "async_teardowns": [
             f.__qualname__
-            for f in app.teardown_appcontext_funcs
+            for f in [*app.teardown_appcontext_funcs, *appcontext_tearing_down.receivers_for(app)]
             if inspect.iscoroutinefunction(f)
         ],
     }))
@@ -93,13 +95,14 @@ def test_sync_app_in_fresh_process_has_no_async_machinery() -> None:
 
 
 def test_init_app_registers_only_plain_teardowns() -> None:
-    """After ``init_app`` on a Flask app, no teardown function is a coroutine function."""
+    """After ``init_app`` on a Flask app, its teardown (a signal receiver) is a plain function."""
     app = Flask(__name__)
     engine = create_engine("sqlite://")
     try:
         flask_scoped_session(sessionmaker(bind=engine)).init_app(app)
-        assert app.teardown_appcontext_funcs, "no teardown was registered"
-        for function in app.teardown_appcontext_funcs:
+        receivers = list(appcontext_tearing_down.receivers_for(app))
+        assert len(receivers) == 1, "no teardown was registered"
+        for function in [*receivers, *app.teardown_appcontext_funcs]:
             assert not inspect.iscoroutinefunction(function), function
     finally:
         engine.dispose()

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session
-from async_scoped_session_ext._teardown import close_to_completion
+from async_scoped_session_ext._close import close_to_completion
 
 from .conftest import QUART_MISSING
 from .models import Todo

@@ -32,8 +32,8 @@ from async_scoped_session_ext import (
     flask_scoped_session,
     get_scoped_session,
 )
+from async_scoped_session_ext._frameworks import current_app_context
 from async_scoped_session_ext._runner import runner
-from async_scoped_session_ext._scope import current_app_context
 
 from .conftest import HAS_QUART, needs_quart
 from .extra_databases import database_url, postgres_databases

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import gc
 import logging
 
 import pytest
@@ -203,22 +205,27 @@ def test_teardown_never_masks_the_view_error(
         app.test_client().get("/")
 
 
-def test_registry_is_weak(app: Flask, scoped: flask_scoped_session[Session]) -> None:
-    """A context whose teardown never ran does not pin its session once it is gone."""
-    import gc
+def test_missed_teardown_closes_the_session(
+    app: Flask, scoped: flask_scoped_session[Session]
+) -> None:
+    """A context never popped does not pin its session: once it is gone, the session closes.
 
-    ctx = app.app_context()
-    ctx.push()
-    session = scoped()
-    # Reset the context variable without running the teardown, as a skipped pop would.
-    from flask.globals import _cv_app
+    The garbage collector reclaims the context, and with it the session, which is closed
+    (its connection back in the pool) with a ResourceWarning naming the missed teardown.
+    """
 
-    _cv_app.reset(ctx._cv_tokens.pop())
-    assert len(scoped.registry) == 1
-    del ctx
-    gc.collect()
+    def push_and_forget() -> Session:
+        app.app_context().push()  # never popped
+        session = scoped()
+        session.execute(select(1))  # holds a connection, in a transaction
+        return session
+
+    session = contextvars.copy_context().run(push_and_forget)
+    assert len(scoped.registry) == 1 and session.in_transaction()
+    with pytest.warns(ResourceWarning, match="never torn down"):
+        gc.collect()
     assert len(scoped.registry) == 0
-    session.close()
+    assert not session.in_transaction()
 
 
 def test_outside_app_context_raises(scoped: flask_scoped_session[Session]) -> None:

@@ -1,0 +1,103 @@
+"""What ``flask_scoped_session`` and ``async_scoped_session`` share: one base for both."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import typing as t
+
+from ._app import register, session_factory_for
+from ._context import ContextRegistry
+from ._current import shell_context
+from ._engines import adopt
+from ._frameworks import current_app_context
+from ._misuse import check_new_scope
+
+if t.TYPE_CHECKING:
+    from flask.sansio.app import App
+
+    from ._app import AppState
+
+_F = t.TypeVar("_F")
+
+
+class ScopedBase(t.Generic[_F]):
+    """The shared part of both scoped sessions: set-up, factory, checks, ``init_app``.
+
+    *_F* is the session factory's type. Subclasses call :meth:`_setup` from their
+    constructor, after SQLAlchemy's, and implement :meth:`_check_access` and
+    :meth:`close_session`.
+    """
+
+    is_async: t.ClassVar[bool]
+    name: str
+    session_options: dict[str, t.Any]
+    _session_factory: _F | None
+
+    def _setup(
+        self,
+        app: App | None,
+        name: str,
+        session_options: t.Mapping[str, t.Any] | None,
+    ) -> None:
+        self.name = name
+        self.session_options = dict(session_options or {})
+        self._fresh_lock = threading.Lock()
+        #: How many sessions made by ``fresh()`` are open now.
+        self.fresh_open = 0
+        self.registry = ContextRegistry(
+            self,  # type: ignore[arg-type]
+            self._create,
+            current_app_context,
+            functools.partial(check_new_scope, self),  # type: ignore[arg-type]
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def _create(self) -> t.Any:
+        return self.session_factory()  # type: ignore[operator]
+
+    @property
+    def session_factory(self) -> _F:
+        """The factory given to the constructor, or the current app's, made from its config."""
+        return t.cast(_F, session_factory_for(self))  # type: ignore[arg-type]
+
+    @session_factory.setter
+    def session_factory(self, factory: _F | None) -> None:
+        self._session_factory = factory
+
+    @property
+    def given_factory(self) -> _F | None:
+        """The session factory given to the constructor (``None``: made from the config)."""
+        return self._session_factory
+
+    def init_app(self, app: App) -> None:
+        """Scope sessions to *app*'s contexts and close them when a context is torn down."""
+        state = register(app, self)  # type: ignore[arg-type]
+        if shell_context not in app.shell_context_processors:
+            app.shell_context_processor(shell_context)
+        adopt(self._session_factory, dispose_at_exit=not state.is_quart)
+        self._init_app(app, state)
+
+    def _init_app(self, app: App, state: AppState) -> None:
+        """What a kind of scoped session adds to :meth:`init_app`."""
+
+    def _check_access(self) -> None:
+        """Raise if the session may not be used here (sync in async code, a foreign loop)."""
+        raise NotImplementedError
+
+    def close_session(self, session: t.Any) -> t.Coroutine[t.Any, t.Any, None] | None:
+        """Close *session*: a sync one now (returns ``None``), an async one when awaited."""
+        raise NotImplementedError
+
+    def _open_fresh(self, **kw: t.Any) -> t.Any:
+        """A new session for ``fresh()``, after the same checks as the scoped session's."""
+        self._check_access()
+        session = self.session_factory(**kw)  # type: ignore[operator]
+        with self._fresh_lock:
+            self.fresh_open += 1
+        return session
+
+    def _fresh_closed(self) -> None:
+        with self._fresh_lock:
+            self.fresh_open -= 1

@@ -1,0 +1,346 @@
+"""The core: each app context's record of the sessions it opened, and the one teardown step.
+
+Records are kept in a :class:`weakref.WeakKeyDictionary` keyed by the context object (not
+its ``g``, which Quart's context copies share; not its ``id()``, which is reused): a context
+that is never torn down takes its record with it when it is garbage-collected, and its
+sessions are then closed, with a ``ResourceWarning`` that names the missed teardown. For
+that, nothing in a record may reach back to its context: async engines open their
+connections outside the request's context variables (``_connect``). Framework-free: the
+adapters (``_frameworks``) find the current context and call :func:`end_context`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+import warnings
+import weakref
+
+from sqlalchemy.util import ScopedRegistry
+
+from ._close import complete, logger
+
+if t.TYPE_CHECKING:
+    from ._types import ScopedLike
+
+_T = t.TypeVar("_T")
+
+
+NO_APP_CONTEXT_MESSAGE = """\
+Working outside of application context.
+
+This code tried to use a scoped SQLAlchemy session, which lives as long as the current
+Flask or Quart application context, but no application context is pushed. To solve this,
+set up an app context using 'with app.app_context()' (Flask) or
+'async with app.app_context()' (Quart), or run the code inside a request, a CLI command or
+'flask shell' / 'quart shell'.\
+"""
+
+TORN_DOWN_MESSAGE = (
+    "The app context {ctx!r} is torn down (or being torn down), but this code still runs in it"
+    " and asks for a new session, which nothing would ever close. Either a task started with"
+    " asyncio.gather() or asyncio.create_task() (or a thread) outlives its request, or a"
+    " function runs after the library's teardown (a teardown function registered to run"
+    " after it). Give such code a session of its own: 'async with scoped.fresh() as"
+    " session:' (or 'with scoped.fresh() as session:')."
+)
+
+
+class AppContextLike(t.Protocol):
+    """What the core needs of a Flask or Quart ``AppContext``."""
+
+    @property
+    def app(self) -> t.Any: ...
+
+
+class ContextRecord:
+    """The sessions one app context opened, and whether its teardown has begun."""
+
+    __slots__ = ("sessions", "torn_down", "loop", "app_name", "__weakref__")
+
+    def __init__(self, context: AppContextLike) -> None:
+        #: Each scoped session's registry, with the session it opened in this context.
+        self.sessions: dict[ContextRegistry[t.Any], t.Any] = {}
+        #: Set by the teardown, cleared when the context is pushed again (Flask < 3.2's
+        #: ``stream_with_context`` does that after the teardown).
+        self.torn_down = False
+        #: The event loop the context's async sessions run on (to close them after a
+        #: missed teardown).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: For the warning after a missed teardown, when the context itself is gone.
+        self.app_name: str = getattr(context.app, "name", "?")
+
+    def take(self, *, only_async: bool = False) -> list[tuple[ScopedLike, t.Any]]:
+        """Remove and return the sessions (only those of async scoped sessions, if asked)."""
+        taken = []
+        for registry in list(self.sessions):
+            if only_async and not registry.owner.is_async:
+                continue
+            taken.append((registry.owner, self.sessions.pop(registry)))
+            registry.holders.discard(self)
+        return taken
+
+    def holds(self, scoped: ScopedLike) -> bool:
+        """Whether the context has a session of *scoped*."""
+        return any(registry.owner is scoped for registry in self.sessions)
+
+    def __del__(self) -> None:
+        if self.sessions:  # the context went away without its teardown
+            _reclaim(self)
+
+
+_records: weakref.WeakKeyDictionary[AppContextLike, ContextRecord] = weakref.WeakKeyDictionary()
+
+
+def record_of(ctx: AppContextLike) -> ContextRecord | None:
+    """The record of *ctx*, or ``None`` if it has none yet."""
+    return _records.get(ctx)
+
+
+def ensure_record(ctx: AppContextLike) -> ContextRecord:
+    """The record of *ctx*, made on first use."""
+    record = _records.get(ctx)
+    if record is None:
+        record = _records.setdefault(ctx, ContextRecord(ctx))
+    return record
+
+
+class ContextRegistry(ScopedRegistry[_T]):
+    """One scoped session's sessions, each kept in the record of the context it belongs to.
+
+    A :class:`~sqlalchemy.util.ScopedRegistry` as SQLAlchemy's ``scoped_session`` uses it.
+    *current* returns the current context or ``None``; *on_new_scope* is called with the
+    context before a session is made for it, and may refuse by raising.
+    """
+
+    __slots__ = ("owner", "current", "on_new_scope", "holders")
+
+    owner: ScopedLike
+    current: t.Callable[[], AppContextLike | None]
+
+    def __init__(
+        self,
+        owner: ScopedLike,
+        createfunc: t.Callable[[], _T],
+        current: t.Callable[[], AppContextLike | None],
+        on_new_scope: t.Callable[[AppContextLike], None],
+    ) -> None:
+        super().__init__(createfunc, self._scope)
+        self.owner = owner
+        self.current = current
+        self.on_new_scope = on_new_scope
+        #: The records that hold a session of this registry (weakly: a record goes with its
+        #: context).
+        self.holders: weakref.WeakSet[ContextRecord] = weakref.WeakSet()
+
+    def _scope(self) -> AppContextLike:
+        ctx = self.current()
+        if ctx is None:
+            raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
+        return ctx
+
+    def __call__(self) -> _T:
+        ctx = self.current()
+        if ctx is None:
+            raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
+        record = _records.get(ctx)
+        if record is not None:
+            session: _T | None = record.sessions.get(self)
+            if session is not None:
+                return session
+        return self._store(ctx, None)
+
+    def _store(self, ctx: AppContextLike, given: _T | None) -> _T:
+        """Store *given* (or a new session) for *ctx*, after the checks."""
+        self.on_new_scope(ctx)
+        record = ensure_record(ctx)
+        if record.torn_down:
+            raise RuntimeError(TORN_DOWN_MESSAGE.format(ctx=ctx))
+        session = self.createfunc() if given is None else given
+        if self.owner.is_async and record.loop is None:
+            record.loop = asyncio.get_running_loop()  # async sessions are made in async code
+        stored: _T = record.sessions.setdefault(self, session)
+        self.holders.add(record)
+        return stored
+
+    def has(self) -> bool:
+        """Whether the current context has a session; ``False`` outside any context."""
+        ctx = self.current()
+        record = record_of(ctx) if ctx is not None else None
+        return record is not None and self in record.sessions
+
+    def set(self, obj: _T) -> None:
+        """Store *obj* as the current context's session."""
+        self._store(self._scope(), obj)
+
+    def clear(self) -> None:
+        """Forget the current context's session without closing it (SQLAlchemy's API)."""
+        self.pop()
+
+    def peek(self, ctx: AppContextLike | None = None) -> _T | None:
+        """The session of *ctx* (the current context), or ``None``; never creates one."""
+        ctx = self.current() if ctx is None else ctx
+        record = record_of(ctx) if ctx is not None else None
+        return None if record is None else record.sessions.get(self)
+
+    def pop(self) -> _T | None:
+        """Remove and return the current context's session; ``None`` if none (or no context)."""
+        ctx = self.current()
+        record = record_of(ctx) if ctx is not None else None
+        if record is None:
+            return None
+        session: _T | None = record.sessions.pop(self, None)
+        self.holders.discard(record)
+        return session
+
+    def __len__(self) -> int:
+        """How many contexts hold a session of this registry now."""
+        return len(self.holders)
+
+
+def reopen(ctx: AppContextLike) -> None:
+    """*ctx* is pushed (again): it may open sessions, even after an earlier teardown."""
+    record = record_of(ctx)
+    if record is not None:
+        record.torn_down = False
+
+
+# -- the one teardown step ---------------------------------------------------------------
+
+
+def end_context(ctx: AppContextLike, *, failed: bool) -> ContextRecord:
+    """Mark *ctx* torn down and warn of changes never committed; return its record.
+
+    From now on the context refuses new sessions (until it is pushed again). The caller
+    then closes the sessions: :func:`remove_then_take`, then :func:`close_sync_then_async`
+    (Flask's sync teardown) or :func:`close_all` (Quart's).
+    """
+    record = ensure_record(ctx)  # also for a context without sessions: it must refuse them
+    record.torn_down = True
+    if not failed:  # after a failure, rolling back is what the caller expects
+        for registry, session in list(record.sessions.items()):
+            _warn_if_uncommitted(registry.owner, session)
+    return record
+
+
+def remove_then_take(
+    record: ContextRecord, removers: t.Iterable[ScopedLike]
+) -> list[tuple[ScopedLike, t.Any]]:
+    """Call ``remove()`` of each sync scoped session in *removers*, then take what is left.
+
+    Each app-context teardown calls ``remove()`` once, as Flask-SQLAlchemy-Session did (a
+    subclass may extend it); it runs in the ending context, so it finds that context's
+    session. Sessions not removed that way (those of async scoped sessions) are returned.
+    """
+    for scoped in removers:
+        try:
+            scoped.remove()
+        except Exception:
+            _log_failure(scoped)
+    return record.take()
+
+
+def close_sync_then_async(
+    taken: list[tuple[ScopedLike, t.Any]],
+) -> t.Coroutine[t.Any, t.Any, None] | None:
+    """Close the sync sessions now; return a coroutine closing the async ones, if any."""
+    later = []
+    for scoped, session in taken:
+        if scoped.is_async:
+            later.append((scoped, session))
+            continue
+        try:
+            scoped.close_session(session)
+        except Exception:
+            _log_failure(scoped)
+    return close_all(later) if later else None
+
+
+async def close_all(taken: list[tuple[ScopedLike, t.Any]]) -> None:
+    """Close every session to completion, sync ones in a worker thread (off the loop).
+
+    Never stops halfway: a failing close is logged and the next one runs; a cancellation
+    of the caller is re-raised once all are closed.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    for scoped, session in taken:
+        try:
+            if scoped.is_async:
+                await t.cast("t.Awaitable[None]", scoped.close_session(session))
+            else:  # in a worker thread: a slow close must not hold up the event loop
+                closing = asyncio.to_thread(scoped.close_session, session)
+                await complete(asyncio.ensure_future(closing))
+        except asyncio.CancelledError as error:
+            cancelled = cancelled or error
+        except Exception:
+            _log_failure(scoped)
+    if cancelled is not None:
+        raise cancelled
+
+
+def _log_failure(scoped: ScopedLike) -> None:
+    logger.exception(
+        "Closing the session of %r failed during app-context teardown. The session was"
+        " already taken out of the registry; SQLAlchemy invalidates a connection it cannot"
+        " return cleanly. The remaining teardown steps still run.",
+        scoped,
+    )
+
+
+def has_changes(session: t.Any) -> bool:
+    """Whether *session* (sync or async) holds new, changed or deleted objects not flushed."""
+    sync_session = getattr(session, "sync_session", session)
+    is_clean = getattr(sync_session, "_is_clean", None)  # SQLAlchemy's, builds no sets
+    if is_clean is not None:
+        return not is_clean()
+    return bool(session.new or session.dirty or session.deleted)
+
+
+def _warn_if_uncommitted(scoped: ScopedLike, session: t.Any) -> None:
+    if has_changes(session):
+        logger.warning(
+            "The session of %r is torn down with changes that were never committed"
+            " (%d new, %d changed, %d deleted objects); they are discarded. Call"
+            " commit() before the request ends, or expunge() what you do not mean to save.",
+            scoped,
+            len(session.new),
+            len(session.dirty),
+            len(session.deleted),
+        )
+
+
+# -- a context that went away without its teardown ------------------------------------------
+
+_reclaiming: set[asyncio.Task[None]] = set()
+
+
+def _reclaim(record: ContextRecord) -> None:
+    """Close the sessions of a context that was garbage-collected without its teardown."""
+    taken = record.take()
+    owners = ", ".join(repr(scoped) for scoped, _ in taken)
+    try:
+        warnings.warn(
+            f"An app context of the app {record.app_name!r} was never torn down (pushed"
+            f" without being popped?), so its sessions of {owners} were left open; they"
+            " are closed now that the context was garbage-collected. Pop"
+            " every context you push: 'with app.app_context():' (Flask) or"
+            " 'async with app.app_context():' (Quart).",
+            ResourceWarning,
+            stacklevel=1,
+        )
+    finally:
+        pending = close_sync_then_async(taken)
+        if pending is not None:
+            loop = record.loop
+            try:
+                if loop is None or loop.is_closed():
+                    raise RuntimeError("the event loop is closed")
+                loop.call_soon_threadsafe(_start, pending)
+            except RuntimeError:
+                pending.close()  # SQLAlchemy terminates what cannot be closed on its loop
+
+
+def _start(coro: t.Coroutine[t.Any, t.Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _reclaiming.add(task)
+    task.add_done_callback(_reclaiming.discard)
