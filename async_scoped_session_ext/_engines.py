@@ -15,7 +15,7 @@ import threading
 import typing as t
 import weakref
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
@@ -115,28 +115,82 @@ def _engine_options(config: t.Mapping[str, t.Any], key: str, name: str) -> dict[
 
 
 def create_configured_engine(config: t.Mapping[str, t.Any], name: str, is_async: bool) -> AnyEngine:
-    """Create the engine *name* from the app's config, with errors that say the fix."""
+    """Create the engine *name* from the app's config, with errors that say the fix.
+
+    The URL is parsed first, then its driver checked, then the engine created with the
+    options, so that each mistake is reported as itself.
+    """
     key = ASYNC_CONFIG_KEY if is_async else SYNC_CONFIG_KEY
+    where = f"'{key}[{name!r}]'"
     options = _engine_options(config, key, name)
-    url = options.pop("url")
+    url = _parse_url(options.pop("url"), where)
+    _check_driver(url, where, is_async)
+    create = create_async_engine if is_async else create_engine
     try:
-        engine: AnyEngine = (create_async_engine if is_async else create_engine)(url, **options)
-    except InvalidRequestError as error:  # SQLAlchemy: "requires an async driver"
-        raise TypeError(
-            f"'{key}[{name!r}]' names a sync driver, but async_scoped_session needs an async"
-            " one: use for example 'postgresql+asyncpg://' or 'sqlite+aiosqlite:///'."
+        engine: AnyEngine = create(url, **options)
+    except ImportError as error:  # the dialect loads, but its DBAPI module is not installed
+        raise RuntimeError(
+            f"{where} names the driver {url.drivername!r}, whose package is not installed"
+            f" ({error}). Install it, or name a driver that is installed."
         ) from error
-    except ArgumentError as error:
-        raise RuntimeError(f"'{key}[{name!r}]' is not a valid database URL: {error}") from error
-    if not is_async and t.cast(Engine, engine).dialect.is_async:
-        engine.dispose()
-        raise TypeError(
-            f"'{key}[{name!r}]' names an async driver, but flask_scoped_session needs a sync"
-            f" one: use for example 'postgresql+psycopg://' or 'sqlite:///', or put the URL"
-            f" in '{ASYNC_CONFIG_KEY}' for an async_scoped_session."
-        )
+    except (TypeError, ValueError, ArgumentError, InvalidRequestError) as error:
+        raise _option_error_kind(error)(
+            f"{where} has engine options that {create.__name__}() rejects: {error} (the"
+            f" options given: {sorted(options)!r}). Fix or remove the option named there;"
+            " SQLAlchemy's create_engine() documentation lists what each option accepts."
+        ) from error
     guard_fork(engine)
     return engine
+
+
+def _parse_url(value: object, where: str) -> URL:
+    """*value* as a URL; a value that is not one is reported without echoing it."""
+    try:
+        if isinstance(value, str | URL):
+            return make_url(value)
+    except (ArgumentError, ValueError):
+        pass  # not chained: before SQLAlchemy 2.0.41 the parser's message quotes the URL
+    got = "" if isinstance(value, str | URL) else f" (it is a {type(value).__name__})"
+    raise RuntimeError(
+        f"{where} is not a valid database URL{got}. Write it as"
+        " 'dialect+driver://user:password@host:port/database', for example"
+        " 'postgresql+psycopg://user@localhost/app' or 'sqlite:///app.db': the port a"
+        " number, special characters in the password percent-encoded"
+        " (urllib.parse.quote_plus). The value is not shown: it may hold a password."
+    )
+
+
+def _check_driver(url: URL, where: str, is_async: bool) -> None:
+    """Raise unless *url*'s dialect is async for an async engine, and sync for a sync one."""
+    try:
+        dialect = url.get_dialect()
+    except ArgumentError as error:  # NoSuchModuleError: no such dialect or driver
+        raise RuntimeError(
+            f"{where} names the database driver {url.drivername!r}, which SQLAlchemy cannot"
+            f" load ({error}). Check its spelling (for example 'postgresql+psycopg' or"
+            " 'sqlite'), or install the package that provides it."
+        ) from error
+    if is_async:
+        # The dialect an async engine would use: 'postgresql+psycopg' has an async one.
+        if not dialect.get_async_dialect_cls(url).is_async:
+            raise TypeError(
+                f"{where} names a sync driver, but async_scoped_session needs an async"
+                " one: use for example 'postgresql+asyncpg://' or 'sqlite+aiosqlite:///'."
+            )
+    elif dialect.is_async:
+        raise TypeError(
+            f"{where} names an async driver, but flask_scoped_session needs a sync one: use"
+            " for example 'postgresql+psycopg://' or 'sqlite:///', or put the URL in"
+            f" '{ASYNC_CONFIG_KEY}' for an async_scoped_session."
+        )
+
+
+def _option_error_kind(error: Exception) -> type[Exception]:
+    """The class to re-raise an engine option error as: the kind SQLAlchemy raised."""
+    for kind in (ArgumentError, InvalidRequestError, TypeError):
+        if isinstance(error, kind):
+            return kind
+    return ValueError
 
 
 class AppEngines:

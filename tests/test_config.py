@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import contextlib
+import importlib.util
+import traceback
 import typing as t
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.cli import shell_command
 from sqlalchemy import Engine, create_engine, func, inspect, select, text
+from sqlalchemy.exc import ArgumentError, InvalidRequestError, SADeprecationWarning
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,6 +31,7 @@ from sqlalchemy.pool import QueuePool
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext._app import get_state
+from async_scoped_session_ext._engines import create_configured_engine
 from async_scoped_session_ext._runner import runner
 
 from .conftest import HAS_QUART, database_url, needs_quart, postgres_url, require_postgres
@@ -479,6 +483,34 @@ SYNC_ERRORS: list[tuple[Config, type[Exception], str]] = [
         RuntimeError,
         r"'SQLALCHEMY_ENGINES\['default'\]' is not a valid database URL",
     ),
+    (
+        {"SQLALCHEMY_ENGINES": {"default": "postgresql+psycopg://user@localhost:port/db"}},
+        RuntimeError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' is not a valid database URL\. .*the port a number",
+    ),
+    (
+        {"SQLALCHEMY_ENGINES": {"default": {"url": None}}},
+        RuntimeError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' is not a valid database URL \(it is a NoneType\)",
+    ),
+    (
+        {"SQLALCHEMY_ENGINES": {"default": "postgresql+nodriver://user@localhost/db"}},
+        RuntimeError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' names the database driver 'postgresql\+nodriver',"
+        r" which SQLAlchemy cannot load",
+    ),
+    (
+        {"SQLALCHEMY_ENGINES": {"default": {"url": "sqlite:///unused.db", "pool_size": "many"}}},
+        TypeError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
+        r" .*\(the options given: \['pool_size'\]\)",
+    ),
+    (
+        {"SQLALCHEMY_ENGINES": {"default": {"url": "sqlite://", "pool_sise": 5}}},
+        TypeError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
+        r" Invalid argument\(s\) 'pool_sise'",
+    ),
 ]
 
 ASYNC_ERRORS: list[tuple[Config, type[Exception], str]] = [
@@ -497,6 +529,38 @@ ASYNC_ERRORS: list[tuple[Config, type[Exception], str]] = [
         {"SQLALCHEMY_ASYNC_ENGINES": {"default": "sqlite:///sync.db"}},
         TypeError,
         r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' names a sync driver",
+    ),
+    (  # psycopg2 has no async dialect (and is not even installed here)
+        {"SQLALCHEMY_ASYNC_ENGINES": {"default": "postgresql+psycopg2://user@localhost/db"}},
+        TypeError,
+        r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' names a sync driver",
+    ),
+    (
+        {"SQLALCHEMY_ASYNC_ENGINES": {"default": "not a url"}},
+        RuntimeError,
+        r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' is not a valid database URL",
+    ),
+    (
+        {"SQLALCHEMY_ASYNC_ENGINES": {"default": {"url": "sqlite+aiosqlite://", "pool_size": "x"}}},
+        TypeError,
+        r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' has engine options that"
+        r" create_async_engine\(\) rejects: .*\(the options given: \['pool_size'\]\)",
+    ),
+    (
+        {"SQLALCHEMY_ASYNC_ENGINES": {"default": {"url": "sqlite+aiosqlite://", "pool_sise": 5}}},
+        TypeError,
+        r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' has engine options that"
+        r" create_async_engine\(\) rejects: Invalid argument\(s\) 'pool_sise'",
+    ),
+    (
+        {
+            "SQLALCHEMY_ASYNC_ENGINES": {
+                "default": {"url": "sqlite+aiosqlite://", "server_side_cursors": True}
+            }
+        },
+        InvalidRequestError,
+        r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' has engine options that"
+        r" create_async_engine\(\) rejects: Can't set server_side_cursors",
     ),
 ]
 
@@ -548,6 +612,65 @@ async def test_quart_config_errors(config: Config, error: type[Exception], messa
         async with app.app_context():
             assert (await current_session.execute(text("select 1"))).scalar_one() == 1
     assert len(quart_asession.registry) == 0
+
+
+def test_server_side_cursors_on_a_driver_without_them() -> None:
+    """server_side_cursors=True on pysqlite is reported as that option, naming the key."""
+    options = {"url": "sqlite:///unused.db", "server_side_cursors": True}
+    app = create_app({"SQLALCHEMY_ENGINES": {"default": options}})
+    message = (
+        r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
+        r" .* does not support server side cursors \(the options given: \['server_side_cursors'\]\)"
+    )
+    with disposing(app), app.app_context():
+        with (
+            pytest.warns(SADeprecationWarning, match="server_side_cursors"),
+            pytest.raises(ArgumentError, match=message),
+        ):
+            current_session.execute(text("select 1"))
+        assert engines_of(app) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://user:s3cret@localhost:port/db",  # the port is not a number
+        "postgresql+psycopg:://user:s3cret@localhost/db",  # a colon too many
+    ],
+)
+def test_invalid_url_never_shows_its_password(url: str) -> None:
+    """An unparsable URL is reported without its password, in the message or the traceback."""
+    app = create_app({"SQLALCHEMY_ENGINES": {"default": url}})
+    with disposing(app), app.app_context():
+        with pytest.raises(RuntimeError, match="is not a valid database URL") as caught:
+            current_session.execute(text("select 1"))
+    assert "s3cret" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("MySQLdb") is not None, reason="mysqlclient is installed here"
+)
+def test_driver_package_not_installed() -> None:
+    """A driver whose package is missing is reported with the key, the driver and the fix."""
+    app = create_app({"SQLALCHEMY_ENGINES": {"default": "mysql+mysqldb://user@localhost/db"}})
+    message = (
+        r"'SQLALCHEMY_ENGINES\['default'\]' names the driver 'mysql\+mysqldb', whose package"
+        r" is not installed \(No module named 'MySQLdb'\)\. Install it"
+    )
+    with disposing(app), app.app_context():
+        with pytest.raises(RuntimeError, match=message):
+            current_session.execute(text("select 1"))
+
+
+async def test_psycopg_url_makes_an_async_engine() -> None:
+    """'postgresql+psycopg://' in SQLALCHEMY_ASYNC_ENGINES is accepted: psycopg is async too."""
+    config = {"SQLALCHEMY_ASYNC_ENGINES": {"default": "postgresql+psycopg://user@localhost/db"}}
+    engine = create_configured_engine(config, "default", is_async=True)
+    assert isinstance(engine, AsyncEngine)
+    try:
+        assert engine.dialect.is_async
+    finally:
+        await engine.dispose()
 
 
 # -- the shell ------------------------------------------------------------------------------
