@@ -54,8 +54,8 @@ def _require_complete_types(session: nox.Session, package: str) -> None:
         return
     report = json.loads(output)["typeCompleteness"]
     problems = [
-        f"{where['file']}:{where['range']['start']['line'] + 1}: {symbol['name']}:"
-        f" {where['message']}"
+        f"{where.get('file', '?')}:{where.get('range', {}).get('start', {}).get('line', -1) + 1}:"
+        f" {symbol['name']}: {where['message']}"
         for symbol in report["symbols"]
         for where in symbol["diagnostics"]
         if where["severity"] == "error"

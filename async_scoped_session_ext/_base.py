@@ -32,7 +32,10 @@ class ScopedBase(t.Generic[_F]):
     is_async: t.ClassVar[bool]
     name: str
     session_options: dict[str, t.Any]
+    #: How many sessions made by ``fresh()`` are open now.
+    fresh_open: int
     _session_factory: _F | None
+    _fresh_lock: threading.Lock
 
     def _setup(
         self,
@@ -43,9 +46,8 @@ class ScopedBase(t.Generic[_F]):
         self.name = name
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
-        #: How many sessions made by ``fresh()`` are open now.
         self.fresh_open = 0
-        self.registry = ContextRegistry(
+        self.registry: ContextRegistry[t.Any] = ContextRegistry(
             self,  # type: ignore[arg-type]
             self._create,
             current_app_context,

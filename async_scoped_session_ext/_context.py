@@ -117,6 +117,8 @@ class ContextRegistry(ScopedRegistry[_T]):
 
     owner: ScopedLike
     current: t.Callable[[], AppContextLike | None]
+    on_new_scope: t.Callable[[AppContextLike], None]
+    holders: weakref.WeakSet[ContextRecord]
 
     def __init__(
         self,
@@ -131,7 +133,7 @@ class ContextRegistry(ScopedRegistry[_T]):
         self.on_new_scope = on_new_scope
         #: The records that hold a session of this registry (weakly: a record goes with its
         #: context).
-        self.holders: weakref.WeakSet[ContextRecord] = weakref.WeakSet()
+        self.holders = weakref.WeakSet()
 
     def _scope(self) -> AppContextLike:
         ctx = self.current()
