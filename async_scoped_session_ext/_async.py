@@ -16,7 +16,6 @@ from ._close import close_to_completion
 from ._context import ContextRegistry, close_all, record_of
 from ._frameworks import current_app_context
 from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
-from ._misuse import check_async_access, check_async_factory
 from ._runner import loop_running, runner
 
 if t.TYPE_CHECKING:
@@ -28,7 +27,9 @@ _AS = TypeVar("_AS", bound=AsyncSession, default=AsyncSession)
 _T = t.TypeVar("_T")
 
 
-class async_scoped_session(ScopedBase["async_sessionmaker[_AS]"], _sa_async_scoped_session[_AS]):
+class async_scoped_session(
+    ScopedBase["async_sessionmaker[_AS]", _AS], _sa_async_scoped_session[_AS]
+):
     """An :class:`~sqlalchemy.ext.asyncio.async_scoped_session` scoped to the app context.
 
     Every app context (each request, background task or pushed app context) gets its own
@@ -67,7 +68,6 @@ class async_scoped_session(ScopedBase["async_sessionmaker[_AS]"], _sa_async_scop
         close_timeout: float = 10.0,
         shared_loop: bool = True,
     ) -> None:
-        check_async_factory(session_factory)
         factory = t.cast("async_sessionmaker[_AS]", session_factory)
         super().__init__(factory, scopefunc=current_app_context)
         self.close_timeout = close_timeout
@@ -77,18 +77,6 @@ class async_scoped_session(ScopedBase["async_sessionmaker[_AS]"], _sa_async_scop
     def _init_app(self, app: App, state: AppState) -> None:
         """On a Flask app, route the app's async code to the shared event loop."""
         use_shared_loop(app, state, self.shared_loop)
-
-    def _check_access(self) -> None:
-        check_async_access()
-
-    def __call__(self, **kw: t.Any) -> _AS:
-        check_async_access()
-        return super().__call__(**kw)
-
-    @property
-    def _proxied(self) -> _AS:
-        check_async_access()
-        return self.registry()
 
     async def remove(self) -> None:
         """Close and forget the current context's session, if it has one.

@@ -11,7 +11,7 @@ from ._context import ContextRegistry
 from ._current import shell_context
 from ._engines import adopt
 from ._frameworks import current_app_context
-from ._misuse import check_new_scope
+from ._misuse import check_async_access, check_factory, check_new_scope, check_sync_access
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -19,13 +19,14 @@ if t.TYPE_CHECKING:
     from ._app import AppState
 
 _F = t.TypeVar("_F")
+_Session = t.TypeVar("_Session")
 
 
-class ScopedBase(t.Generic[_F]):
+class ScopedBase(t.Generic[_F, _Session]):
     """The shared part of both scoped sessions: set-up, factory, checks, ``init_app``.
 
-    *_F* is the session factory's type. Subclasses call :meth:`_setup` from their
-    constructor, after SQLAlchemy's, and implement :meth:`_check_access` and
+    *_F* is the session factory's type, *_Session* the session's. Subclasses call
+    :meth:`_setup` from their constructor, after SQLAlchemy's, and implement
     :meth:`close_session`.
     """
 
@@ -43,6 +44,7 @@ class ScopedBase(t.Generic[_F]):
         name: str,
         session_options: t.Mapping[str, t.Any] | None,
     ) -> None:
+        check_factory(self._session_factory, is_async=self.is_async)
         self.name = name
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
@@ -85,8 +87,22 @@ class ScopedBase(t.Generic[_F]):
         """What a kind of scoped session adds to :meth:`init_app`."""
 
     def _check_access(self) -> None:
-        """Raise if the session may not be used here (sync in async code, a foreign loop)."""
-        raise NotImplementedError
+        """Raise if a session may not be used here (sync in async code, a foreign loop)."""
+        if self.is_async:
+            check_async_access()
+        else:
+            check_sync_access()
+
+    def __call__(self, **kw: t.Any) -> _Session:
+        """The current context's session (made on first use; with *kw*, made with them)."""
+        self._check_access()
+        return t.cast(_Session, t.cast(t.Any, super()).__call__(**kw))
+
+    @property
+    def _proxied(self) -> _Session:
+        # What SQLAlchemy's generated proxy methods call: checked on every use.
+        self._check_access()
+        return t.cast(_Session, self.registry())
 
     def close_session(self, session: t.Any) -> t.Coroutine[t.Any, t.Any, None] | None:
         """Close *session*: a sync one now (returns ``None``), an async one when awaited."""

@@ -92,37 +92,42 @@ def check_sync_access() -> None:
         raise TypeError(_SYNC_IN_ASYNC.format(app=app))
 
 
-def check_sync_factory(factory: object) -> None:
-    """flask_scoped_session needs a factory of sync sessions on a sync engine."""
-    if isinstance(factory, async_sessionmaker):
-        raise TypeError(
-            "flask_scoped_session was given an async_sessionmaker; it makes sync Sessions."
-            " Use async_scoped_session(async_sessionmaker(...)) for AsyncSessions, or"
-            " flask_scoped_session(sessionmaker(bind=create_engine(url)))."
-        )
-    bind = factory.kw.get("bind") if isinstance(factory, sessionmaker) else None
-    if isinstance(bind, AsyncEngine) or (isinstance(bind, Engine) and bind.dialect.is_async):
-        raise TypeError(
-            f"flask_scoped_session was given a sessionmaker bound to an async engine or"
-            f" driver ({bind.url.render_as_string()!r}). Use a sync driver URL (for example"
-            " 'postgresql+psycopg://' or 'sqlite:///') with create_engine(), or use"
-            " async_scoped_session for async drivers."
-        )
+_WRONG_FACTORY = {
+    False: "flask_scoped_session was given an async_sessionmaker; it makes sync Sessions."
+    " Use async_scoped_session(async_sessionmaker(...)) for AsyncSessions, or"
+    " flask_scoped_session(sessionmaker(bind=create_engine(url))).",
+    True: "async_scoped_session was given a sync sessionmaker; it makes AsyncSessions."
+    " Use async_sessionmaker(create_async_engine(url)), or flask_scoped_session for"
+    " sync Sessions.",
+}
+_WRONG_ENGINE = {
+    False: "flask_scoped_session was given a sessionmaker bound to an async engine or"
+    " driver ({url!r}). Use a sync driver URL (for example 'postgresql+psycopg://' or"
+    " 'sqlite:///') with create_engine(), or use async_scoped_session for async drivers.",
+    True: "async_scoped_session was given a factory bound to a sync Engine ({url!r})."
+    " Create it with create_async_engine() and an async driver URL (for example"
+    " 'postgresql+asyncpg://' or 'sqlite+aiosqlite:///').",
+}
 
 
-def check_async_factory(factory: object) -> None:
-    """async_scoped_session needs an async_sessionmaker on an async engine."""
-    if isinstance(factory, sessionmaker):
-        raise TypeError(
-            "async_scoped_session was given a sync sessionmaker; it makes AsyncSessions."
-            " Use async_sessionmaker(create_async_engine(url)), or flask_scoped_session for"
-            " sync Sessions."
-        )
-    bind = factory.kw.get("bind") if isinstance(factory, async_sessionmaker) else None
-    if isinstance(bind, Engine):
-        raise TypeError(
-            f"async_scoped_session was given a factory bound to a sync Engine"
-            f" ({bind.url.render_as_string()!r}). Create it with create_async_engine() and"
-            " an async driver URL (for example 'postgresql+asyncpg://' or"
-            " 'sqlite+aiosqlite:///')."
-        )
+def check_factory(factory: object, *, is_async: bool) -> None:
+    """The session factory makes sessions of the scoped session's kind, on such an engine.
+
+    ``flask_scoped_session`` needs sync sessions on a sync engine, ``async_scoped_session``
+    an ``async_sessionmaker`` on an async engine.
+    """
+    own, other = (
+        (async_sessionmaker, sessionmaker) if is_async else (sessionmaker, async_sessionmaker)
+    )
+    if isinstance(factory, other):
+        raise TypeError(_WRONG_FACTORY[is_async])
+    bind: object = factory.kw.get("bind") if isinstance(factory, own) else None
+    if not isinstance(bind, Engine | AsyncEngine):
+        return
+    # An AsyncSession needs an AsyncEngine itself; a Session needs a sync driver.
+    if (
+        isinstance(bind, Engine)
+        and (is_async or bind.dialect.is_async)
+        or (isinstance(bind, AsyncEngine) and not is_async)
+    ):
+        raise TypeError(_WRONG_ENGINE[is_async].format(url=bind.url.render_as_string()))

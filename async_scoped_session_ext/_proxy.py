@@ -20,6 +20,19 @@ if t.TYPE_CHECKING:
 _Params: t.TypeAlias = t.Mapping[str, t.Any] | t.Sequence[t.Mapping[str, t.Any]]
 
 
+class _RunStatement(t.Protocol):
+    """``execute()`` and ``scalars()``: a result in sync code, an awaitable in async code."""
+
+    def __call__(
+        self,
+        statement: Executable,
+        params: _Params | None = None,
+        *,
+        execution_options: t.Mapping[str, t.Any] = ...,
+        bind_arguments: dict[str, t.Any] | None = None,
+    ) -> t.Any: ...
+
+
 class SessionSurface(t.Protocol):
     """What ``flask_scoped_session`` and ``async_scoped_session`` share, typed for both.
 
@@ -52,14 +65,10 @@ class SessionSurface(t.Protocol):
     def no_autoflush(self) -> t.Any: ...
 
     # I/O: a result in sync code, an awaitable in async code.
-    def execute(
-        self,
-        statement: Executable,
-        params: _Params | None = None,
-        *,
-        execution_options: t.Mapping[str, t.Any] = ...,
-        bind_arguments: dict[str, t.Any] | None = None,
-    ) -> t.Any: ...
+    @property
+    def execute(self) -> _RunStatement:
+        """``execute(statement, params=None, *, execution_options=..., bind_arguments=None)``."""
+
     def scalar(
         self,
         statement: Executable,
@@ -68,14 +77,10 @@ class SessionSurface(t.Protocol):
         execution_options: t.Mapping[str, t.Any] = ...,
         bind_arguments: dict[str, t.Any] | None = None,
     ) -> t.Any: ...
-    def scalars(
-        self,
-        statement: Executable,
-        params: _Params | None = None,
-        *,
-        execution_options: t.Mapping[str, t.Any] = ...,
-        bind_arguments: dict[str, t.Any] | None = None,
-    ) -> t.Any: ...
+    @property
+    def scalars(self) -> _RunStatement:
+        """``scalars(statement, params=None, *, execution_options=..., bind_arguments=None)``."""
+
     def get(
         self,
         entity: type[t.Any],

@@ -11,7 +11,6 @@ from typing_extensions import TypeVar
 from ._base import ScopedBase
 from ._context import ContextRegistry
 from ._frameworks import current_app_context
-from ._misuse import check_sync_access, check_sync_factory
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -21,7 +20,7 @@ if t.TYPE_CHECKING:
 _S = TypeVar("_S", bound=Session, default=Session)
 
 
-class flask_scoped_session(ScopedBase["sessionmaker[_S]"], scoped_session[_S]):
+class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S]):
     """A :class:`~sqlalchemy.orm.scoped_session` whose scope is the current app context.
 
     A drop-in replacement for Flask-SQLAlchemy-Session 1.1: every app context (so every
@@ -48,7 +47,6 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]"], scoped_session[_S]):
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
     ) -> None:
-        check_sync_factory(session_factory)
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         factory = t.cast("sessionmaker[_S]", session_factory)
         super().__init__(factory, scopefunc=current_app_context)
@@ -57,18 +55,6 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]"], scoped_session[_S]):
     def _init_app(self, app: App, state: AppState) -> None:
         # Flask-SQLAlchemy-Session's public attribute (the default session); untyped on App.
         app.scoped_session = state.sync_default  # type: ignore[attr-defined]
-
-    def _check_access(self) -> None:
-        check_sync_access()
-
-    def __call__(self, **kw: t.Any) -> _S:
-        check_sync_access()
-        return super().__call__(**kw)
-
-    @property
-    def _proxied(self) -> _S:
-        check_sync_access()
-        return self.registry()
 
     def remove(self) -> None:
         """Close and forget the current context's session, if it has one.
