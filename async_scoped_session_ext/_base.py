@@ -37,6 +37,7 @@ class ScopedBase(t.Generic[_F, _Session]):
     fresh_open: int
     _session_factory: _F | None
     _fresh_lock: threading.Lock
+    _disposes_at_exit: bool
 
     def _setup(
         self,
@@ -49,6 +50,7 @@ class ScopedBase(t.Generic[_F, _Session]):
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
         self.fresh_open = 0
+        self._disposes_at_exit = False
         self.registry: ContextRegistry[t.Any] = ContextRegistry(
             self,  # type: ignore[arg-type]
             self._create,
@@ -80,8 +82,19 @@ class ScopedBase(t.Generic[_F, _Session]):
         state = register(app, self)  # type: ignore[arg-type]
         if shell_context not in app.shell_context_processors:
             app.shell_context_processor(shell_context)
-        adopt(self._session_factory, dispose_at_exit=not state.is_quart)
+        # A Flask app's async connections live on the shared loop: disposed there at exit.
+        self._disposes_at_exit = self._disposes_at_exit or not state.is_quart
+        adopt(self._session_factory, dispose_at_exit=self._disposes_at_exit)
         self._init_app(app, state)
+
+    def configure(self, **kwargs: t.Any) -> None:
+        """Reconfigure the session factory (``sessionmaker.configure``), in a context or not.
+
+        Engines it is given (``bind=``, ``binds=``) are taken charge of as in
+        :meth:`init_app`: a forked worker opens its own connections for them.
+        """
+        t.cast(t.Any, super()).configure(**kwargs)
+        adopt(self._session_factory, dispose_at_exit=self._disposes_at_exit)
 
     def _init_app(self, app: App, state: AppState) -> None:
         """What a kind of scoped session adds to :meth:`init_app`."""

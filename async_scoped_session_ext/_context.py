@@ -61,7 +61,7 @@ class ContextRecord:
     def __init__(self, context: AppContextLike) -> None:
         #: Each scoped session's registry, with the session it opened in this context.
         self.sessions: dict[ContextRegistry[t.Any], t.Any] = {}
-        #: Set by the teardown, cleared when the context is pushed again (Flask < 3.2's
+        #: Set by the teardown, cleared when the context is pushed again (Flask 3.1's
         #: ``stream_with_context`` does that after the teardown).
         self.torn_down = False
         #: The event loop the context's async sessions run on (to close them after a
@@ -323,7 +323,8 @@ def _reclaim(record: ContextRecord) -> None:
     try:
         warnings.warn(
             f"An app context of the app {record.app_name!r} was never torn down (pushed"
-            f" without being popped?), so its sessions of {owners} were left open; they"
+            " without being popped, or a teardown function of the app raised before the"
+            f" library's teardown ran), so its sessions of {owners} were left open; they"
             " are closed now that the context was garbage-collected. Pop"
             " every context you push: 'with app.app_context():' (Flask) or"
             " 'async with app.app_context():' (Quart).",
