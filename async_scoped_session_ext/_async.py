@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_sess
 from typing_extensions import TypeVar
 
 from ._app import get_state, register, session_factory_for
+from ._connect import connect_outside_context
 from ._engines import guard_fork
 from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
 from ._misuse import check_async_access, check_async_factory, check_new_scope
@@ -96,6 +97,7 @@ class async_scoped_session(_sa_async_scoped_session[_AS]):
         bind = self._session_factory.kw.get("bind") if self._session_factory else None
         if isinstance(bind, AsyncEngine):
             guard_fork(bind)  # a forked worker must not share the parent's connections
+            connect_outside_context(bind)  # a pooled connection must not pin a request's context
         if state.is_quart:
             return
         state.shared_loop = self.shared_loop

@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
+from ._connect import connect_outside_context
 from ._runner import runner
 
 if t.TYPE_CHECKING:
@@ -103,6 +104,8 @@ def create_configured_engine(config: t.Mapping[str, t.Any], name: str, is_async:
             f" in '{ASYNC_CONFIG_KEY}' for an async_scoped_session."
         )
     guard_fork(engine)
+    if isinstance(engine, AsyncEngine):
+        connect_outside_context(engine)  # a pooled connection must not pin a request's context
     return engine
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ._app import ensure_state, register, unregister
 from ._async import async_scoped_session
+from ._connect import connect_outside_context
 from ._engines import guard_fork
 from ._runner import runner
 from ._scope import current_app_context
@@ -194,6 +195,8 @@ class EngineRegistry:
             engine = create_engine(url, **self._engine_options)
             scoped = flask_scoped_session(sessionmaker(engine, **self._session_options), name=label)
         guard_fork(engine)
+        if isinstance(engine, AsyncEngine):
+            connect_outside_context(engine)  # a pooled connection must not pin a request's context
         entry = _Entry(key, label, engine, scoped)
         for app in self._apps:
             self._attach(entry, app)
