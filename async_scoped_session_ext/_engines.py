@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
+from ._connect import connect_outside_context
 from ._runner import runner
 from ._types import AnyEngine, AnyFactory
 
@@ -30,7 +31,7 @@ SYNC_CONFIG_KEY = "SQLALCHEMY_ENGINES"
 ASYNC_CONFIG_KEY = "SQLALCHEMY_ASYNC_ENGINES"
 
 # Process-wide, like the fork itself: no engine may hand a parent's pooled connection to a
-# forked child. Engines are held weakly; each is the sync core of an engine we know of.
+# forked child (see take_charge). Engines are held weakly; each is the sync core of one.
 _known_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _created_sync_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -65,14 +66,23 @@ def adopt(factory: object, *, dispose_at_exit: bool) -> None:
     on that loop when the process exits.
     """
     for engine in engines_of(factory):
-        guard_fork(engine)
+        take_charge(engine)
         if dispose_at_exit and isinstance(engine, AsyncEngine):
             runner.dispose_at_exit(engine)
 
 
-def guard_fork(engine: AnyEngine) -> None:
-    """Make a forked child open its own connections for *engine*."""
-    _known_engines.add(engine.sync_engine if isinstance(engine, AsyncEngine) else engine)
+def take_charge(engine: AnyEngine) -> None:
+    """Make *engine* safe to share across forks and requests.
+
+    A forked child opens its own connections for it; an async engine opens its connections
+    outside the caller's context variables, so a pooled connection never keeps a request's
+    app context (or its ``g``) alive.
+    """
+    if isinstance(engine, AsyncEngine):
+        _known_engines.add(engine.sync_engine)
+        connect_outside_context(engine)
+    else:
+        _known_engines.add(engine)
 
 
 # The parent's pools, kept alive in a forked child: a driver's finaliser must never run on a
@@ -139,7 +149,7 @@ def create_configured_engine(config: t.Mapping[str, t.Any], name: str, is_async:
             f" options given: {sorted(options)!r}). Fix or remove the option named there;"
             " SQLAlchemy's create_engine() documentation lists what each option accepts."
         ) from error
-    guard_fork(engine)
+    take_charge(engine)
     return engine
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from ._app import ensure_state, register, unregister, use_shared_loop
 from ._async import async_scoped_session
 from ._close import logger
-from ._engines import guard_fork
+from ._engines import take_charge
 from ._frameworks import current_app_context
 from ._runner import runner
 from ._sync import flask_scoped_session
@@ -194,7 +194,7 @@ class EngineRegistry:
         else:
             engine = create_engine(url, **self._engine_options)
             scoped = flask_scoped_session(sessionmaker(engine, **self._session_options), name=label)
-        guard_fork(engine)
+        take_charge(engine)
         entry = _Entry(key, label, engine, scoped)
         for app in self._apps:
             self._attach(entry, app)
@@ -240,7 +240,7 @@ class EngineRegistry:
         for entry in entries:
             if isinstance(entry.engine, AsyncEngine):
                 # A loop of the parent process never runs here: the engine's pool in this
-                # child is its own (see guard_fork), with nothing of the parent's to close.
+                # child is its own (see take_charge), with nothing of the parent's to close.
                 loop = entry.loop if entry.pid == os.getpid() else None
                 self._dispose_async(entry.engine, loop)
             else:

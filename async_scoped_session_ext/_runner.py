@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import os
+import sys
 import threading
 import typing as t
 import weakref
@@ -58,18 +60,31 @@ class LoopRunner:
             return t.cast(asyncio.AbstractEventLoop, self._loop)
 
     def _start(self) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
+        # The loop is made in its own thread, in an empty context: its self-pipe reader keeps
+        # the context it was created in for the life of the process, and made in the caller's
+        # thread that would be the first request's (its app context and ``g``).
+        started: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
 
         def serve() -> None:
+            try:
+                loop = asyncio.new_event_loop()
+            except BaseException as error:  # out of file descriptors: raised in the caller
+                started.set_exception(error)
+                return
             asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
+            loop.call_soon(started.set_result, loop)
             loop.run_forever()
 
-        thread = threading.Thread(target=serve, name="async_scoped_session_ext", daemon=True)
+        # A new thread starts in an empty context up to Python 3.13; from 3.14 it may copy
+        # the caller's (sys.flags.thread_inherit_context) unless given one.
+        empty: dict[str, t.Any] = (
+            {"context": contextvars.Context()} if sys.version_info >= (3, 14) else {}
+        )
+        thread = threading.Thread(
+            target=serve, name="async_scoped_session_ext", daemon=True, **empty
+        )
         thread.start()
-        ready.wait()
-        self._loop, self._thread, self._pid = loop, thread, os.getpid()
+        self._loop, self._thread, self._pid = started.result(), thread, os.getpid()
 
     @property
     def started(self) -> bool:
