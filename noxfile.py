@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import nox
 from packaging.requirements import Requirement
@@ -124,6 +126,11 @@ class CompatCell:
     without: frozenset[str] = frozenset()
     #: Floors the test tools cannot be installed with: checked by importing the package.
     import_only: list[str] = dataclasses.field(default_factory=list)
+    #: Wheels of unreleased versions (file names in ``_unreleased_wheels()``'s directory),
+    #: installed over the test dependencies.
+    wheels: list[str] = dataclasses.field(default_factory=list)
+    #: Warning filters for this cell's run, its child interpreters included.
+    warning_filters: list[str] = dataclasses.field(default_factory=list)
 
 
 FLOORS = _declared_floors()
@@ -145,6 +152,21 @@ COMPAT_CELLS = {
     "sqlalchemy-2.0": CompatCell(["sqlalchemy[asyncio]>=2.0,<2.1"]),
     "sqlalchemy-2.1": CompatCell(["sqlalchemy[asyncio]>=2.1,<2.2"]),
     "newest": CompatCell([]),
+    # Flask and Werkzeug main (3.2.0.dev0), from wheels installed over the newest releases.
+    "flask-main": CompatCell(
+        [],
+        wheels=["flask-3.2.0.dev0-py3-none-any.whl", "werkzeug-3.2.0.dev0-py3-none-any.whl"],
+        # Quart 0.22's quart/wrappers/response.py does 'from werkzeug.http import
+        # parse_etags', which Werkzeug 3.2 deprecates. werkzeug.http's module __getattr__
+        # warns with stacklevel=2, so the warning belongs to the importing module,
+        # quart.wrappers.response, not to werkzeug.http (a filter on werkzeug.http does not
+        # match it). A -W / PYTHONWARNINGS module field is an exact name, not a regex
+        # (Python escapes it and appends \Z; so does pytest's -W), so 'quart.*' would match
+        # nothing: each module that triggers a third-party DeprecationWarning is named here.
+        # Warnings from any other module, async_scoped_session_ext and the tests included,
+        # stay errors.
+        warning_filters=["ignore::DeprecationWarning:quart.wrappers.response"],
+    ),
 }
 COMPAT_EXTRAS = ("quart", "asyncpg", "aiosqlite", "psycopg")
 COMPAT_SHOWN = """flask werkzeug quart sqlalchemy typing-extensions asyncpg aiosqlite psycopg
@@ -158,22 +180,54 @@ for name in sys.argv[1:]:
         print(f"{name:>18} (not installed)")
 """
 IMPORT_ALL = "import async_scoped_session_ext.pgbouncer, async_scoped_session_ext.replicas"
+UNRELEASED_WHEELS = "ASSE_FLASK_MAIN_WHEELS"  # a directory; ../shared/wheels when unset
+
+
+def _unreleased_wheels(session: nox.Session, names: list[str]) -> list[str]:
+    """The paths of the wheels *names*; skip the session without them (fail it with CI=true)."""
+    directory = Path(
+        os.environ.get(UNRELEASED_WHEELS)
+        or Path(__file__).resolve().parent.parent / "shared" / "wheels"
+    )
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        reason = (
+            f"{', '.join(missing)} not found in {directory}: build these wheels of unreleased"
+            " versions there with 'pip wheel --no-deps' from the projects' main branches, or"
+            f" set {UNRELEASED_WHEELS} to the directory that holds them"
+        )
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            session.error(reason)
+        session.skip(reason)
+    return [str(directory / name) for name in names]
 
 
 @nox.session(default=False)
 @nox.parametrize("cell", list(COMPAT_CELLS), ids=list(COMPAT_CELLS))
 def compat(session: nox.Session, cell: str) -> None:
-    """Run the tests on the oldest and newest supported Flask, Werkzeug, Quart, SQLAlchemy."""
-    pins, without = COMPAT_CELLS[cell].pins, COMPAT_CELLS[cell].without
-    extras = ",".join(extra for extra in COMPAT_EXTRAS if extra not in without)
-    if COMPAT_CELLS[cell].import_only:  # first: the test tools then upgrade these
-        session.install(f".[{extras}]", *pins, *COMPAT_CELLS[cell].import_only)
+    """Run the tests on the oldest and newest Flask, Werkzeug, Quart, SQLAlchemy; on Flask main."""
+    spec = COMPAT_CELLS[cell]
+    wheels = _unreleased_wheels(session, spec.wheels) if spec.wheels else []
+    extras = ",".join(extra for extra in COMPAT_EXTRAS if extra not in spec.without)
+    if spec.import_only:  # first: the test tools then upgrade these
+        session.install(f".[{extras}]", *spec.pins, *spec.import_only)
         session.run("python", "-c", IMPORT_ALL)
     tools = [
         text
         for text in nox.project.dependency_groups(PYPROJECT, "test")
-        if canonicalize_name(Requirement(text).name) not in without
+        if canonicalize_name(Requirement(text).name) not in spec.without
     ]
-    session.install(f".[{extras}]", *tools, *pins)
+    session.install(f".[{extras}]", *tools, *spec.pins)
+    if wheels:  # last, so that nothing installed after them brings the releases back
+        session.install(*wheels)
     session.run("python", "-c", SHOW_VERSIONS, *COMPAT_SHOWN)
-    session.run("pytest", *session.posargs)
+    # The filters go to pytest as -W (its filterwarnings = ["error"] overrides PYTHONWARNINGS)
+    # and to the interpreters the tests start as PYTHONWARNINGS (tests/conftest.py's
+    # child_environ() keeps them after the "error" those children get).
+    filters = spec.warning_filters
+    session.run(
+        "pytest",
+        *(f"-W{filter_}" for filter_ in filters),
+        *session.posargs,
+        env={"PYTHONWARNINGS": ",".join(filters)} if filters else {},
+    )

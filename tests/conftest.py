@@ -29,6 +29,10 @@ HAS_QUART = importlib.util.find_spec("quart") is not None
 QUART_MISSING = "needs Quart, which is not installed (Quart >= 0.19 needs Flask >= 3.0)"
 needs_quart = pytest.mark.skipif(not HAS_QUART, reason=QUART_MISSING)
 
+#: The warning filters this run was given in PYTHONWARNINGS: the compat cell on Flask main
+#: ignores a third-party DeprecationWarning so (see noxfile.py).
+RUN_WARNINGS = [spec for spec in os.environ.get("PYTHONWARNINGS", "").split(",") if spec]
+
 SYNC_BACKENDS = ["sqlite", "postgresql"]
 ASYNC_BACKENDS = ["aiosqlite", "asyncpg"]
 
@@ -116,6 +120,17 @@ def database_url(backend: str, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     require_postgres()
     return postgres_url("psycopg" if backend == "postgresql" else "asyncpg")
+
+
+def child_environ(*warnings: str) -> dict[str, str]:
+    """``os.environ`` for a child interpreter, with the filters *warnings* (``-W`` syntax)
+    before this run's own (``RUN_WARNINGS``), which thus still apply in the child.
+
+    Pass ``"error"`` here, not as ``python -W error``: ``-W`` filters take precedence over
+    PYTHONWARNINGS, and Python drops a ``-W`` filter equal to a PYTHONWARNINGS one as a
+    duplicate, so the run's filters cannot be repeated after it.
+    """
+    return {**os.environ, "PYTHONWARNINGS": ",".join([*warnings, *RUN_WARNINGS])}
 
 
 #: For tests that start a new interpreter, where ``pooled_aiosqlite`` has no effect.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections.abc as cabc
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from examples.flask_async_todo.app import engine_of as async_engine_of
 from examples.flask_todo.app import create_app as create_flask_app
 from examples.flask_todo.app import engine_of
 
-from .conftest import HAS_QUART, needs_quart
+from .conftest import HAS_QUART, child_environ, needs_quart
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart.typing import TestClientProtocol as QuartClient
@@ -253,9 +252,11 @@ def test_flask_async_database_url_from_environment(
 @needs_quart
 def test_demo_runs_all_three_apps_over_http(tmp_path: Path) -> None:
     """examples/demo.py serves the three apps, scripts them over HTTP and exits 0."""
-    env = {key: value for key, value in os.environ.items() if key != "TODO_DATABASE_URL"}
+    env = {
+        key: value for key, value in child_environ("error").items() if key != "TODO_DATABASE_URL"
+    }
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(DEMO)],
+        [sys.executable, str(DEMO)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -22,6 +22,7 @@ from async_scoped_session_ext import async_scoped_session, flask_scoped_session
 
 from .conftest import (
     HAS_QUART,
+    child_environ,
     database_url,
     needs_pooled_aiosqlite,
     needs_quart,
@@ -41,12 +42,12 @@ TIMEOUT = 60
 def run_script(script: str, *args: str, warnings: t.Sequence[str] = ("error",)) -> str:
     """Run *script* in a new interpreter from the repository root; return its stdout.
 
-    Fails unless it exits with 0 and writes nothing to stderr (with ``-W error``, that
+    Fails unless it exits with 0 and writes nothing to stderr (with warnings as errors, that
     includes every ResourceWarning about a connection that was never closed).
     """
-    options = [arg for warning in warnings for arg in ("-W", warning)]
     result = subprocess.run(
-        [sys.executable, *options, "-c", textwrap.dedent(script), *args],
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=child_environ(*warnings),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

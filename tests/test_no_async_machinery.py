@@ -16,6 +16,8 @@ from sqlalchemy.orm import sessionmaker
 
 from async_scoped_session_ext import flask_scoped_session
 
+from .conftest import child_environ
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
@@ -77,8 +79,9 @@ SCRIPT = textwrap.dedent(
 def test_sync_app_in_fresh_process_has_no_async_machinery() -> None:
     """Twenty requests to a sync app import no asgiref, start no thread and create no loop."""
     completed = subprocess.run(
-        [sys.executable, "-W", "error", "-c", SCRIPT],
+        [sys.executable, "-c", SCRIPT],
         cwd=REPO_ROOT,
+        env=child_environ("error"),
         capture_output=True,
         text=True,
         timeout=60,

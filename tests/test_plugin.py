@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select, text
 
-from .conftest import HAS_QUART, database_url, needs_quart
+from .conftest import HAS_QUART, RUN_WARNINGS, database_url, needs_quart
 from .plugin_project import APP_MODULE, BASE_INI, INI, TESTS
 
 pytest_plugins = ["pytester"]
@@ -214,7 +214,9 @@ def test_entry_point_loads_in_a_fresh_interpreter(project: pytest.Pytester, tmp_
     make_schema(url)
     project.makeini(INI.format(kind="quart", url_option="asse_async_database_url", url=url))
     project.makepyfile(test_app=TESTS["quart"])
-    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    # pytest's -W: the project's filterwarnings = error overrides the inherited PYTHONWARNINGS.
+    warnings = [f"-W{spec}" for spec in RUN_WARNINGS]
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *warnings)
     result.assert_outcomes(passed=5, failed=1)
     assert rows_and_other_connections(url) == (0, 0)
 

@@ -17,7 +17,7 @@ import pytest
 
 from async_scoped_session_ext._runner import LoopRunner
 
-from .conftest import postgres_url, require_postgres
+from .conftest import child_environ, postgres_url, require_postgres
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
 
@@ -193,7 +193,8 @@ def test_engines_are_disposed_at_exit() -> None:
     )
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", script],
+        [sys.executable, "-c", script],
+        env=child_environ("error"),
         capture_output=True,
         text=True,
         timeout=60,
