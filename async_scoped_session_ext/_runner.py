@@ -20,6 +20,7 @@ import typing as t
 import weakref
 
 if t.TYPE_CHECKING:
+    from sqlalchemy import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 _T = t.TypeVar("_T")
@@ -45,7 +46,9 @@ class LoopRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self._engines: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
+        #: The sync cores of the async engines to dispose at exit (held weakly: an
+        #: ``AsyncEngine`` made around a core for a moment must not drop the core).
+        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._background: set[asyncio.Task[t.Any]] = set()
 
     @property
@@ -139,7 +142,7 @@ class LoopRunner:
 
     def dispose_at_exit(self, engine: AsyncEngine) -> None:
         """Dispose *engine* on the loop when the interpreter exits (or the runner stops)."""
-        self._engines.add(engine)
+        self._engines.add(engine.sync_engine)
 
     def stop(self) -> None:
         """Dispose the registered engines on the loop, then stop and close it."""
@@ -148,7 +151,10 @@ class LoopRunner:
             if loop is None or self._pid != os.getpid():
                 return
             if loop.is_running():
-                for engine in list(self._engines):
+                from sqlalchemy.ext.asyncio import AsyncEngine
+
+                for core in list(self._engines):
+                    engine = AsyncEngine(core)
                     future = asyncio.run_coroutine_threadsafe(engine.dispose(), loop)
                     try:
                         future.result(timeout=10)

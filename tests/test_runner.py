@@ -204,3 +204,52 @@ def test_engines_are_disposed_at_exit() -> None:
     assert "pool closed a connection" in result.stdout, "the engine was not disposed at exit"
     assert result.stderr == ""
     assert time.monotonic() - started < 60
+
+
+def test_replica_engines_are_disposed_at_exit() -> None:
+    """At exit the shared loop also disposes the engines a factory reaches besides its bind.
+
+    Here the replica of ``async_replica_sessionmaker`` (which the session is given as the
+    sync core of its engine) and an engine of ``binds``.
+    """
+    require_postgres()
+    script = textwrap.dedent(
+        f"""
+        from flask import Flask
+        from sqlalchemy import event, select, text
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from async_scoped_session_ext import async_scoped_session, current_session
+        from async_scoped_session_ext.replicas import async_replica_sessionmaker
+
+        primary = create_async_engine({postgres_url("asyncpg")!r})
+        replica = create_async_engine({postgres_url("asyncpg")!r})
+        for name, engine in (("primary", primary), ("replica", replica)):
+            event.listen(
+                engine.sync_engine.pool, "close",
+                lambda *a, name=name: print(f"{{name}} closed a connection"),
+            )
+        app = Flask(__name__)
+        async_scoped_session(async_replica_sessionmaker(primary, replica), app)
+        del replica  # the library keeps what it needs to dispose it
+
+        @app.get("/")
+        async def view():
+            read = (await current_session.execute(select(1))).scalar_one()  # the replica
+            await current_session.execute(text("select 1"))  # the primary
+            return str(read)
+
+        print("response", app.test_client().get("/").text)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_environ("error"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "response 1" in result.stdout
+    assert "primary closed a connection" in result.stdout
+    assert "replica closed a connection" in result.stdout, "the replica was not disposed at exit"
+    assert result.stderr == ""
