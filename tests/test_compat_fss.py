@@ -176,3 +176,40 @@ def test_works_with_test_client(app: Flask, factory: sessionmaker[Session]) -> N
     assert seen[0] is not seen[1]
     assert not any(session.in_transaction() for session in seen)
     assert len(ses.registry) == 0
+
+
+def test_configure_bind_outside_an_app_context(sync_engine: Engine) -> None:
+    """The app-factory pattern: ``configure(bind=engine)`` at import time, then
+    ``init_app(app)``; requests use that engine."""
+    ses = flask_scoped_session(sessionmaker())  # module level: no engine yet
+    ses.configure(bind=sync_engine)  # outside any app context
+    app = Flask(__name__)
+    app.testing = True
+    ses.init_app(app)
+
+    @app.post("/todos/<title>")
+    def create(title: str) -> str:
+        current_session.add(Todo(title=title))
+        current_session.commit()
+        assert current_session().get_bind() is sync_engine
+        return str(current_session.query(Todo).count())
+
+    client = app.test_client()
+    assert client.post("/todos/a").text == "1"
+    assert client.post("/todos/b").text == "2"
+    assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_remove_outside_an_app_context_does_nothing(
+    app: Flask, factory: sessionmaker[Session]
+) -> None:
+    """``remove()`` outside an app context (a unittest ``tearDown``) is a no-op."""
+    ses = flask_scoped_session(factory, app)
+    with app.app_context():
+        ses.add(Todo(title="in the test"))
+        ses.flush()
+    ses.remove()  # tearDown, after the context has gone
+    ses.remove()
+    assert len(ses.registry) == 0
+    with app.app_context():
+        assert ses.query(Todo).count() == 0  # the context's teardown rolled back

@@ -240,6 +240,67 @@ def test_foreign_loop_raises_clear_error(
     assert client.get("/async").text == "1", "the pool was poisoned by the foreign loop"
 
 
+@pytest.mark.parametrize("async_backend", ["asyncpg"])
+def test_fresh_on_a_foreign_loop_raises_clear_error(
+    app: Flask, scoped: async_scoped_session[AsyncSession]
+) -> None:
+    """``fresh()`` under a hand-made asyncio.run() refuses the foreign loop, as the scoped
+    session does, and leaves the pool unpoisoned for the next requests."""
+
+    async def work() -> None:
+        async with scoped.fresh() as session:
+            await session.execute(text("select 1"))
+
+    @app.get("/")
+    async def view() -> str:
+        async with scoped.fresh() as session:
+            first = (await session.execute(text("select 1"))).scalar_one()
+        return str(first + (await current_session.execute(text("select 1"))).scalar_one())
+
+    with app.app_context():
+        with pytest.raises(RuntimeError, match="used from an event loop that is not the app's"):
+            asyncio.run(asyncio.wait_for(work(), timeout=10))
+    client = app.test_client()
+    for _ in range(3):
+        response = client.get("/")
+        assert (response.status_code, response.text) == (200, "2")
+
+
+@pytest.mark.parametrize("async_backend", ["asyncpg"])
+def test_configure_bind_outside_an_app_context(engine: AsyncEngine) -> None:
+    """The app-factory pattern: ``configure(bind=engine)`` at import time, then
+    ``init_app(app)``; async views use that engine."""
+    asession = async_scoped_session(async_sessionmaker())  # module level: no engine yet
+    asession.configure(bind=engine)  # outside any app context
+    app = Flask(__name__)
+    app.testing = True
+    asession.init_app(app)
+
+    @app.post("/<title>")
+    async def add(title: str) -> str:
+        current_session.add(Todo(title=title))
+        await current_session.commit()
+        assert current_session().bind is engine
+        return str(await current_session.scalar(select(func.count()).select_from(Todo)))
+
+    client = app.test_client()
+    assert client.post("/a").text == "1"
+    assert client.post("/b").text == "2"
+
+
+@pytest.mark.parametrize("async_backend", ["asyncpg"])
+async def test_remove_outside_an_app_context_does_nothing(
+    app: Flask, scoped: async_scoped_session[AsyncSession], engine: AsyncEngine
+) -> None:
+    """``await remove()`` outside an app context (a unittest ``asyncTearDown``) is a no-op."""
+    with app.app_context():
+        assert scoped.run(scoped.scalar(text("select 1"))) == 1
+    await scoped.remove()  # tearDown, after the context has gone
+    await scoped.remove()
+    assert len(scoped.registry) == 0
+    assert runner.run(_count(engine)) == 0
+
+
 def test_opt_out_keeps_asgiref_and_refuses_the_scoped_session(engine: AsyncEngine) -> None:
     """With shared_loop=False asgiref runs the views, and the scoped session explains why not."""
     pytest.importorskip("asgiref")

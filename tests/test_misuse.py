@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
@@ -80,6 +80,27 @@ async def test_sync_session_in_quart_async_view(sqlite_url: str) -> None:
     async with app.app_context():  # no request: a Quart CLI command runs like this
         assert scoped.execute(text("select 1")).scalar_one() == 1
     engine.dispose()
+
+
+@needs_quart
+async def test_sync_fresh_in_quart_async_view(sync_engine: Engine) -> None:
+    """``fresh()`` of a sync session in a Quart request's async code: the same TypeError."""
+    app = Quart(__name__)
+    scoped = flask_scoped_session(sessionmaker(bind=sync_engine), app)
+    errors: list[str] = []
+
+    @app.get("/")
+    async def view() -> str:
+        try:
+            with scoped.fresh() as session:
+                session.execute(text("select 1"))
+        except TypeError as error:
+            errors.append(str(error))
+        return "ok"
+
+    response = await app.test_client().get("/")
+    assert response.status_code == 200
+    assert len(errors) == 1 and "would block that loop" in errors[0]
 
 
 def test_sync_session_in_flask_async_view_on_the_shared_loop(

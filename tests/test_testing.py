@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
+from async_scoped_session_ext._runner import runner
 from async_scoped_session_ext.replicas import replica_sessionmaker
 from async_scoped_session_ext.testing import aisolate, isolate
 
@@ -268,3 +269,29 @@ def test_failing_open_closes_what_was_opened(sync_engine: Engine) -> None:
         assert count_sync(sync_engine) == 1
     finally:
         unreachable.dispose()
+
+
+@pytest.mark.parametrize("sync_backend", ["postgresql"])
+async def test_aisolate_on_a_flask_app(sync_engine: Engine, tmp_path: Path) -> None:
+    """``async with aisolate(app)`` on a Flask app isolates like ``isolate(app)``: what its
+    async views (on the shared loop) and sync views commit is rolled back afterwards."""
+    with engine_on_shared_loop(database_url("asyncpg", tmp_path)) as engine:
+        app = with_async_view(Flask(__name__), async_scoped_session(async_sessionmaker(engine)))
+        sync_scoped = flask_scoped_session(sessionmaker(sync_engine), app)
+
+        @app.post("/sync/<title>")
+        def add_sync(title: str) -> dict[str, int | None]:
+            sync_scoped.add(Todo(title=title))
+            sync_scoped.commit()
+            return {"count": sync_scoped.scalar(COUNT)}
+
+        client = app.test_client()
+        async with aisolate(app) as db:
+            assert client.post("/a").json == {"count": 1}
+            assert client.post("/b").json == {"count": 2}
+            assert client.post("/sync/c").json == {"count": 1}
+            assert db.run(db.async_session().scalar(COUNT)) == 2
+            assert db.session().scalar(COUNT) == 1
+        assert runner.run(count_async(engine)) == 0
+        assert count_sync(sync_engine) == 0
+        assert client.post("/d").json == {"count": 1}  # the app's own factories are back
