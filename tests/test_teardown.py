@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 import pytest
 from flask import Flask
+from flask.ctx import AppContext
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -76,8 +77,10 @@ def test_flask_task_outliving_a_request_without_session_is_refused(
     background: set[asyncio.Task[None]] = set()
 
     class App(Flask):
-        def do_teardown_appcontext(self, exc: BaseException | None = None) -> None:
-            super().do_teardown_appcontext(exc)  # the library's teardown included
+        # Flask 3.2 passes (ctx, exc) and warns unless the first parameter is named ctx or
+        # annotated AppContext; Flask < 3.2 passes (exc): whatever comes is passed on.
+        def do_teardown_appcontext(self, ctx: AppContext, *rest: object) -> None:  # type: ignore[override]
+            super().do_teardown_appcontext(ctx, *rest)  # type: ignore[arg-type]
             if moment == "teardown-done":  # the context is still pushed, the task asks now
                 ask.set()
                 outcome.result(TIMEOUT)
