@@ -12,8 +12,8 @@ from typing_extensions import TypeVar
 
 from ._app import get_state, use_shared_loop
 from ._base import ScopedBase
-from ._close import close_to_completion
-from ._context import ContextRegistry, close_all, record_of
+from ._close import close_all, close_to_completion
+from ._context import ContextRegistry, record_of
 from ._frameworks import current_app_context
 from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
 from ._runner import loop_running, runner

@@ -18,7 +18,7 @@ if t.TYPE_CHECKING:
 
     from ._app import AppState
 
-_F = t.TypeVar("_F")
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 _Session = t.TypeVar("_Session")
 
 
@@ -52,21 +52,21 @@ class ScopedBase(t.Generic[_F, _Session]):
         self.fresh_open = 0
         self._disposes_at_exit = False
         self.registry: ContextRegistry[t.Any] = ContextRegistry(
-            self,  # type: ignore[arg-type]
+            self,
             self._create,
             current_app_context,
-            functools.partial(check_new_scope, self),  # type: ignore[arg-type]
+            functools.partial(check_new_scope, self),
         )
         if app is not None:
             self.init_app(app)
 
     def _create(self) -> t.Any:
-        return self.session_factory()  # type: ignore[operator]
+        return self.session_factory()
 
     @property
     def session_factory(self) -> _F:
         """The factory given to the constructor, or the current app's, made from its config."""
-        return t.cast(_F, session_factory_for(self))  # type: ignore[arg-type]
+        return t.cast(_F, session_factory_for(self))
 
     @session_factory.setter
     def session_factory(self, factory: _F | None) -> None:
@@ -79,7 +79,7 @@ class ScopedBase(t.Generic[_F, _Session]):
 
     def init_app(self, app: App) -> None:
         """Scope sessions to *app*'s contexts and close them when a context is torn down."""
-        state = register(app, self)  # type: ignore[arg-type]
+        state = register(app, self)
         if shell_context not in app.shell_context_processors:
             app.shell_context_processor(shell_context)
         # A Flask app's async connections live on the shared loop: disposed there at exit.
@@ -121,10 +121,14 @@ class ScopedBase(t.Generic[_F, _Session]):
         """Close *session*: a sync one now (returns ``None``), an async one when awaited."""
         raise NotImplementedError
 
+    def remove(self) -> t.Coroutine[t.Any, t.Any, None] | None:
+        """Close and forget the current context's session (async: when awaited)."""
+        raise NotImplementedError
+
     def _open_fresh(self, **kw: t.Any) -> t.Any:
         """A new session for ``fresh()``, after the same checks as the scoped session's."""
         self._check_access()
-        session = self.session_factory(**kw)  # type: ignore[operator]
+        session = self.session_factory(**kw)
         with self._fresh_lock:
             self.fresh_open += 1
         return session

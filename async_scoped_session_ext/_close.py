@@ -1,4 +1,5 @@
-"""Closing a session to completion: through cancellations, within a time bound."""
+"""Closing sessions: each to completion (through cancellations, within a time bound), and
+all of a context's, never stopping halfway."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import typing as t
 
 if t.TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from ._types import ScopedLike
 
 _T = t.TypeVar("_T")
 logger = logging.getLogger("async_scoped_session_ext")
@@ -131,3 +134,53 @@ async def _cancel_and_wait(task: asyncio.Task[t.Any]) -> None:
     await asyncio.wait({task}, timeout=1)
     if task.done() and not task.cancelled() and task.exception() is not None:
         logger.debug("A cancelled close ended with an error.", exc_info=task.exception())
+
+
+# -- all the sessions of a context -----------------------------------------------------
+
+
+def close_sync_then_async(
+    taken: list[tuple[ScopedLike, t.Any]],
+) -> t.Coroutine[t.Any, t.Any, None] | None:
+    """Close the sync sessions now; return a coroutine closing the async ones, if any."""
+    later = []
+    for scoped, session in taken:
+        if scoped.is_async:
+            later.append((scoped, session))
+            continue
+        try:
+            scoped.close_session(session)
+        except Exception:
+            log_failure(scoped)
+    return close_all(later) if later else None
+
+
+async def close_all(taken: list[tuple[ScopedLike, t.Any]]) -> None:
+    """Close every session to completion, sync ones in a worker thread (off the loop).
+
+    Never stops halfway: a failing close is logged and the next one runs; a cancellation
+    of the caller is re-raised once all are closed.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    for scoped, session in taken:
+        try:
+            if scoped.is_async:
+                await t.cast("t.Awaitable[None]", scoped.close_session(session))
+            else:  # in a worker thread: a slow close must not hold up the event loop
+                closing = asyncio.to_thread(scoped.close_session, session)
+                await complete(asyncio.ensure_future(closing))
+        except asyncio.CancelledError as error:
+            cancelled = cancelled or error
+        except Exception:
+            log_failure(scoped)
+    if cancelled is not None:
+        raise cancelled
+
+
+def log_failure(scoped: ScopedLike) -> None:
+    logger.exception(
+        "Closing the session of %r failed during app-context teardown. The session was"
+        " already taken out of the registry; SQLAlchemy invalidates a connection it cannot"
+        " return cleanly. The remaining teardown steps still run.",
+        scoped,
+    )

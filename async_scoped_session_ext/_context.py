@@ -1,4 +1,4 @@
-"""The core: each app context's record of the sessions it opened, and the one teardown step.
+"""The core: each app context's record of the sessions it opened, and its registry.
 
 Records are kept in a :class:`weakref.WeakKeyDictionary` keyed by the context object (not
 its ``g``, which Quart's context copies share; not its ``id()``, which is reused): a context
@@ -6,7 +6,8 @@ that is never torn down takes its record with it when it is garbage-collected, a
 sessions are then closed, with a ``ResourceWarning`` that names the missed teardown. For
 that, nothing in a record may reach back to its context: async engines open their
 connections outside the request's context variables (``_connect``). Framework-free: the
-adapters (``_frameworks``) find the current context and call :func:`end_context`.
+adapters (``_frameworks``) find the current context, and the teardown (``_teardown``) ends
+its record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import weakref
 
 from sqlalchemy.util import ScopedRegistry
 
-from ._close import complete, logger
+from ._close import close_sync_then_async
 
 if t.TYPE_CHECKING:
     from ._types import ScopedLike
@@ -205,110 +206,6 @@ def reopen(ctx: AppContextLike) -> None:
     record = record_of(ctx)
     if record is not None:
         record.torn_down = False
-
-
-# -- the one teardown step ---------------------------------------------------------------
-
-
-def end_context(ctx: AppContextLike, *, failed: bool) -> ContextRecord:
-    """Mark *ctx* torn down and warn of changes never committed; return its record.
-
-    From now on the context refuses new sessions (until it is pushed again). The caller
-    then closes the sessions: :func:`remove_then_take`, then :func:`close_sync_then_async`
-    (Flask's sync teardown) or :func:`close_all` (Quart's).
-    """
-    record = ensure_record(ctx)  # also for a context without sessions: it must refuse them
-    record.torn_down = True
-    if not failed:  # after a failure, rolling back is what the caller expects
-        for registry, session in list(record.sessions.items()):
-            _warn_if_uncommitted(registry.owner, session)
-    return record
-
-
-def remove_then_take(
-    record: ContextRecord, removers: t.Iterable[ScopedLike]
-) -> list[tuple[ScopedLike, t.Any]]:
-    """Call ``remove()`` of each sync scoped session in *removers*, then take what is left.
-
-    Each app-context teardown calls ``remove()`` once, as Flask-SQLAlchemy-Session did (a
-    subclass may extend it); it runs in the ending context, so it finds that context's
-    session. Sessions not removed that way (those of async scoped sessions) are returned.
-    """
-    for scoped in removers:
-        try:
-            scoped.remove()
-        except Exception:
-            _log_failure(scoped)
-    return record.take()
-
-
-def close_sync_then_async(
-    taken: list[tuple[ScopedLike, t.Any]],
-) -> t.Coroutine[t.Any, t.Any, None] | None:
-    """Close the sync sessions now; return a coroutine closing the async ones, if any."""
-    later = []
-    for scoped, session in taken:
-        if scoped.is_async:
-            later.append((scoped, session))
-            continue
-        try:
-            scoped.close_session(session)
-        except Exception:
-            _log_failure(scoped)
-    return close_all(later) if later else None
-
-
-async def close_all(taken: list[tuple[ScopedLike, t.Any]]) -> None:
-    """Close every session to completion, sync ones in a worker thread (off the loop).
-
-    Never stops halfway: a failing close is logged and the next one runs; a cancellation
-    of the caller is re-raised once all are closed.
-    """
-    cancelled: asyncio.CancelledError | None = None
-    for scoped, session in taken:
-        try:
-            if scoped.is_async:
-                await t.cast("t.Awaitable[None]", scoped.close_session(session))
-            else:  # in a worker thread: a slow close must not hold up the event loop
-                closing = asyncio.to_thread(scoped.close_session, session)
-                await complete(asyncio.ensure_future(closing))
-        except asyncio.CancelledError as error:
-            cancelled = cancelled or error
-        except Exception:
-            _log_failure(scoped)
-    if cancelled is not None:
-        raise cancelled
-
-
-def _log_failure(scoped: ScopedLike) -> None:
-    logger.exception(
-        "Closing the session of %r failed during app-context teardown. The session was"
-        " already taken out of the registry; SQLAlchemy invalidates a connection it cannot"
-        " return cleanly. The remaining teardown steps still run.",
-        scoped,
-    )
-
-
-def has_changes(session: t.Any) -> bool:
-    """Whether *session* (sync or async) holds new, changed or deleted objects not flushed."""
-    sync_session = getattr(session, "sync_session", session)
-    is_clean = getattr(sync_session, "_is_clean", None)  # SQLAlchemy's, builds no sets
-    if is_clean is not None:
-        return not is_clean()
-    return bool(session.new or session.dirty or session.deleted)
-
-
-def _warn_if_uncommitted(scoped: ScopedLike, session: t.Any) -> None:
-    if has_changes(session):
-        logger.warning(
-            "The session of %r is torn down with changes that were never committed"
-            " (%d new, %d changed, %d deleted objects); they are discarded. Call"
-            " commit() before the request ends, or expunge() what you do not mean to save.",
-            scoped,
-            len(session.new),
-            len(session.dirty),
-            len(session.deleted),
-        )
 
 
 # -- a context that went away without its teardown ------------------------------------------

@@ -13,9 +13,10 @@ import sys
 import typing as t
 import weakref
 
-from ._close import complete
-from ._context import close_all, close_sync_then_async, end_context, remove_then_take, reopen
+from ._close import close_all, close_sync_then_async, complete
+from ._context import reopen
 from ._runner import runner
+from ._teardown import end_context, remove_then_take
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.ext.asyncio import async_scoped_session as sa_async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
-from async_scoped_session_ext._context import has_changes
+from async_scoped_session_ext._teardown import has_changes
 
 from .conftest import needs_quart
 from .models import Base, Todo
