@@ -180,12 +180,6 @@ class ContextRegistry(ScopedRegistry[_T]):
         """Forget the current context's session without closing it (SQLAlchemy's API)."""
         self.pop()
 
-    def peek(self, ctx: AppContextLike | None = None) -> _T | None:
-        """The session of *ctx* (the current context), or ``None``; never creates one."""
-        ctx = self.current() if ctx is None else ctx
-        record = record_of(ctx) if ctx is not None else None
-        return None if record is None else record.sessions.get(self)
-
     def pop(self) -> _T | None:
         """Remove and return the current context's session; ``None`` if none (or no context)."""
         ctx = self.current()
