@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 import typing as t
+import weakref
 
 from ._app import register, session_factory_for
 from ._context import ContextRegistry
@@ -17,6 +18,7 @@ if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
     from ._app import AppState
+    from ._engines import AppEngines
 
 _F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 _Session = t.TypeVar("_Session")
@@ -37,7 +39,8 @@ class ScopedBase(t.Generic[_F, _Session]):
     fresh_open: int
     _session_factory: _F | None
     _fresh_lock: threading.Lock
-    _disposes_at_exit: bool
+    #: The engines of the apps this scoped session is initialised on.
+    _owners: weakref.WeakSet[AppEngines]
 
     def _setup(
         self,
@@ -50,7 +53,7 @@ class ScopedBase(t.Generic[_F, _Session]):
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
         self.fresh_open = 0
-        self._disposes_at_exit = False
+        self._owners = weakref.WeakSet()
         self.registry: ContextRegistry[t.Any] = ContextRegistry(
             self,
             self._create,
@@ -82,9 +85,8 @@ class ScopedBase(t.Generic[_F, _Session]):
         state = register(app, self)
         if shell_context not in app.shell_context_processors:
             app.shell_context_processor(shell_context)
-        # A Flask app's async connections live on the shared loop: disposed there at exit.
-        self._disposes_at_exit = self._disposes_at_exit or not state.is_quart
-        adopt(self._session_factory, dispose_at_exit=self._disposes_at_exit)
+        self._owners.add(state.engines)
+        adopt(self._session_factory, self._owners)
         self._init_app(app, state)
 
     def configure(self, **kwargs: t.Any) -> None:
@@ -94,7 +96,7 @@ class ScopedBase(t.Generic[_F, _Session]):
         :meth:`init_app`: a forked worker opens its own connections for them.
         """
         t.cast(t.Any, super()).configure(**kwargs)
-        adopt(self._session_factory, dispose_at_exit=self._disposes_at_exit)
+        adopt(self._session_factory, self._owners)
 
     def _init_app(self, app: App, state: AppState) -> None:
         """What a kind of scoped session adds to :meth:`init_app`."""

@@ -58,17 +58,16 @@ def engines_of(factory: object) -> list[AnyEngine]:
     return list(found.values())
 
 
-def adopt(factory: object, *, dispose_at_exit: bool) -> None:
-    """Take charge of every engine *factory* reaches, for the life of the process.
+def adopt(factory: object, owners: t.Iterable[AppEngines]) -> None:
+    """Take charge of every engine *factory* reaches, for the process and for each app.
 
-    A forked child opens its own connections for each; with *dispose_at_exit* (a Flask
-    app, whose async connections live on the shared loop), each async engine is disposed
-    on that loop when the process exits.
+    Each is made safe across forks and requests (:func:`take_charge`); each app in
+    *owners* disposes the async ones when it ends (:meth:`AppEngines.dispose_with_app`).
     """
     for engine in engines_of(factory):
         take_charge(engine)
-        if dispose_at_exit and isinstance(engine, AsyncEngine):
-            runner.dispose_at_exit(engine)
+        for owner in owners:
+            owner.dispose_with_app(engine)
 
 
 def take_charge(engine: AnyEngine) -> None:
@@ -212,6 +211,21 @@ class AppEngines:
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, bool], AnyEngine] = {}
         self._factories: dict[tuple[str, bool, int], AnyFactory] = {}
+        #: The sync cores of the async engines the app's own session factories reach,
+        #: disposed after a Quart app serves (held weakly: they are the user's).
+        self._reached: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+    def dispose_with_app(self, engine: AnyEngine) -> None:
+        """Dispose *engine*, one the app's session factories reach, on the loop it lives on.
+
+        An async engine's connections belong to the app's loop: a Flask app's shared loop
+        disposes it at exit, a Quart app after serving. A sync engine is left to its owner.
+        """
+        if isinstance(engine, AsyncEngine):
+            if self._is_quart:
+                self._reached.add(engine.sync_engine)
+            else:
+                runner.dispose_at_exit(engine)
 
     def factory(
         self, name: str, is_async: bool, session_options: t.Mapping[str, t.Any]
@@ -255,9 +269,10 @@ class AppEngines:
         return list(self._engines.values())
 
     async def dispose(self) -> None:
-        """Dispose every engine made so far; later use makes them again from the config."""
+        """Dispose every engine made so far (later use makes them again from the config), and
+        the async engines the app's own session factories reach (Quart, after serving)."""
         with self._lock:
-            engines = list(self._engines.values())
+            engines = [*self._engines.values(), *map(AsyncEngine, self._reached)]
             self._engines.clear()
             self._factories.clear()
         for engine in engines:

@@ -279,3 +279,25 @@ async def test_uninitialised_app_is_refused(scoped: async_scoped_session[AsyncSe
     async with Quart("other").app_context():
         with pytest.raises(RuntimeError, match=r"Did you forget to call 'init_app\(app\)'"):
             scoped()
+
+
+async def test_engines_of_the_factory_are_disposed_after_serving(
+    app: Quart, async_engine: AsyncEngine
+) -> None:
+    """After serving, the app disposes the async engines its session factories reach: their
+    connections belong to the serving loop, which is ending."""
+    from sqlalchemy import event
+
+    closed: list[object] = []
+    event.listen(async_engine.sync_engine.pool, "close", lambda *args: closed.append(args))
+    scoped = async_scoped_session(async_sessionmaker(async_engine), app)
+
+    @app.get("/")
+    async def view() -> str:
+        return str(await scoped.scalar(text("select 1")))
+
+    async with app.test_app():
+        assert await (await app.test_client().get("/")).get_data(as_text=True) == "1"
+        assert async_engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        assert closed == []
+    assert len(closed) == 1, "the pooled connection was not closed after serving"
