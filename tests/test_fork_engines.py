@@ -104,10 +104,8 @@ FORK_SCRIPT = (
     + """
     import gc
     import json
-    import os
-    import signal
-    import time
-    import warnings
+
+    from tests.forkprobe import in_forked_child
 
     app = create_app(sys.argv[1], sys.argv[2])
 
@@ -119,31 +117,15 @@ FORK_SCRIPT = (
             return f"error: {error!r}"
 
 
+    def probe():
+        first = backend_pids()
+        gc.collect()  # a long-lived worker collects its garbage: the parent's objects too
+        return [first, backend_pids()]
+
+
     before = backend_pids()
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads
-        child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            first = backend_pids()
-            gc.collect()  # a long-lived worker collects its garbage: the parent's objects too
-            os.write(write_end, json.dumps([first, backend_pids()]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    deadline = time.monotonic() + 20
-    while (waited := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if waited[0] == 0:
-        os.kill(child, signal.SIGKILL)
-        waited = os.waitpid(child, 0)
-    in_child = json.loads(os.read(read_end, 65536).decode() or "[null, null]")
+    in_child, status = in_forked_child(probe, default=[None, None])
     after = backend_pids()
-    status = os.waitstatus_to_exitcode(waited[1])
     print(json.dumps({"before": before, "child": in_child, "status": status, "after": after}))
 """
 )

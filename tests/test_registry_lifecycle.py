@@ -215,11 +215,8 @@ def test_async_fresh_session_keeps_an_evicted_engine_alive() -> None:
 
 FORK_SCRIPT = """
     import json
-    import os
-    import signal
     import sys
     import time
-    import warnings
 
     from flask import Flask
     from sqlalchemy import create_engine, text
@@ -228,6 +225,7 @@ FORK_SCRIPT = """
 
     from async_scoped_session_ext import EngineRegistry, async_scoped_session
     from async_scoped_session_ext._runner import runner
+    from tests.forkprobe import in_forked_child
 
     url, sync_url, child_uses_a = sys.argv[1], sys.argv[2], sys.argv[3] == "yes"
     PID = text("select pg_backend_pid()")
@@ -267,43 +265,26 @@ FORK_SCRIPT = """
             checker.dispose()
 
 
+    def probe():
+        on_parent_loop = []
+        parent_loop.call_soon_threadsafe = lambda *args, **kw: on_parent_loop.append(args)
+        in_child = backend_pid("a") if child_uses_a else None
+        other = backend_pid("b")  # evicts a
+        gone = backend_gone(in_child) if in_child and in_child.isdigit() else None
+        return {
+            "in_child": in_child,
+            "other": other,
+            "gone": gone,
+            "keys": registry.keys(),
+            "disposed": registry.disposed,
+            "on_parent_loop": len(on_parent_loop),
+        }
+
+
     before = backend_pid("a")
     parent_loop = runner.loop
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads
-        child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            on_parent_loop = []
-            parent_loop.call_soon_threadsafe = lambda *args, **kw: on_parent_loop.append(args)
-            in_child = backend_pid("a") if child_uses_a else None
-            other = backend_pid("b")  # evicts a
-            gone = backend_gone(in_child) if in_child and in_child.isdigit() else None
-            report = {
-                "in_child": in_child,
-                "other": other,
-                "gone": gone,
-                "keys": registry.keys(),
-                "disposed": registry.disposed,
-                "on_parent_loop": len(on_parent_loop),
-            }
-            os.write(write_end, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    deadline = time.monotonic() + 20
-    while (waited := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if waited[0] == 0:
-        os.kill(child, signal.SIGKILL)
-        waited = os.waitpid(child, 0)
-    in_child = json.loads(os.read(read_end, 65536).decode() or "null")
+    in_child, status = in_forked_child(probe)
     after = backend_pid("a")
-    status = os.waitstatus_to_exitcode(waited[1])
     registry.close()
     print(json.dumps({"before": before, "child": in_child, "status": status, "after": after}))
 """

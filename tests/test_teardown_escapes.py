@@ -115,6 +115,30 @@ async def stalling() -> cabc.AsyncIterator[tuple[FaultProxy, AsyncEngine]]:
             await engine.dispose()
 
 
+async def stalled_request(
+    proxy: FaultProxy, engine: AsyncEngine, session_class: type[AsyncSession]
+) -> tuple[int, float, async_scoped_session[AsyncSession]]:
+    """A Quart request whose session began a transaction, then the network stalls: the
+    response's status, how long the request took (its teardown's close included), and the
+    scoped session."""
+    app = Quart(__name__)
+    scoped = async_scoped_session(
+        async_sessionmaker(engine, class_=session_class), app, close_timeout=CLOSE_TIMEOUT
+    )
+
+    @app.get("/")
+    async def view() -> str:
+        await scoped.execute(text("select 1"))  # in a transaction: the close must roll back
+        proxy.stall()  # a network partition: neither data nor a close gets through
+        return "ok"
+
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(TIMEOUT):
+        began = loop.time()
+        response = await app.test_client().get("/")
+        return response.status_code, loop.time() - began, scoped
+
+
 async def test_close_hanging_past_the_grace_is_invalidated(
     stalling: tuple[FaultProxy, AsyncEngine], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -134,26 +158,11 @@ async def test_close_hanging_past_the_grace_is_invalidated(
             steps.append("invalidate")
             await super().invalidate()
 
-    app = Quart(__name__)
-    scoped = async_scoped_session(
-        async_sessionmaker(engine, class_=ObservedSession), app, close_timeout=CLOSE_TIMEOUT
-    )
     invalidated = count_invalidations(engine)
-
-    @app.get("/")
-    async def view() -> str:
-        await scoped.execute(text("select 1"))  # in a transaction: the close must roll back
-        proxy.stall()  # a network partition: neither data nor a close gets through
-        return "ok"
-
-    loop = asyncio.get_running_loop()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        async with asyncio.timeout(TIMEOUT):
-            began = loop.time()
-            response = await app.test_client().get("/")
-            took = loop.time() - began
+        status, took, scoped = await stalled_request(proxy, engine, ObservedSession)
 
-    assert response.status_code == 200
+    assert status == 200
     # A cancellation ends the close, then the session is invalidated. Where the driver's
     # graceful close outlives the bound's first cancellation (asyncpg 0.32 with SQLAlchemy
     # 2.1 waits 2 s more), the grace's second one ends it; older versions end at the first.
@@ -191,25 +200,10 @@ async def test_close_outliving_its_first_cancellation_ends_at_the_grace(
             steps.append("invalidate")
             await super().invalidate()
 
-    app = Quart(__name__)
-    scoped = async_scoped_session(
-        async_sessionmaker(engine, class_=GracefulSession), app, close_timeout=CLOSE_TIMEOUT
-    )
-
-    @app.get("/")
-    async def view() -> str:
-        await scoped.execute(text("select 1"))
-        proxy.stall()
-        return "ok"
-
-    loop = asyncio.get_running_loop()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        async with asyncio.timeout(TIMEOUT):
-            began = loop.time()
-            response = await app.test_client().get("/")
-            took = loop.time() - began
+        status, took, scoped = await stalled_request(proxy, engine, GracefulSession)
 
-    assert response.status_code == 200
+    assert status == 200
     assert CLOSE_TIMEOUT + _GRACE <= took < CLOSE_TIMEOUT + ASYNCPG_GRACEFUL_CLOSE, took
     assert steps == ["first cancellation", "second cancellation", "invalidate"], steps
     assert any("took longer than" in r.getMessage() for r in caplog.records if r.name == LOGGER)
