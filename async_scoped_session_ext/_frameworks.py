@@ -127,12 +127,16 @@ class QuartFramework:
                 return
             record = end_context(ctx, failed=exc is not None or ctx in hooks.failed)
             removers = [scoped for scoped in hooks.removers if record.holds(scoped)]
-            if removers:  # sync closes: in a worker thread, never on the event loop
-                closing = asyncio.to_thread(remove_then_take, record, removers)
-                taken = await complete(asyncio.ensure_future(closing))
-            else:
-                taken = record.take()
-            await close_all(taken)
+            if not removers:
+                await close_all(record.take())
+                return
+            # Sync closes run in a worker thread, never on the event loop. A cancellation
+            # (the client hung up) is re-raised once the rest is closed too.
+            removing = asyncio.ensure_future(asyncio.to_thread(remove_then_take, record, removers))
+            try:
+                await complete(removing)
+            finally:
+                await close_all([*removing.result(), *record.take()])
 
         async def pushed(sender: App, **kwargs: object) -> None:
             ctx = current_app_context()

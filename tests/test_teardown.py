@@ -169,6 +169,47 @@ async def test_quart_slow_sync_close_does_not_hold_up_other_requests(sync_engine
     assert not sessions[0].in_transaction()
 
 
+@needs_quart
+async def test_quart_request_cancelled_during_a_sync_close_still_closes_async_sessions(
+    sync_engine: Engine, async_engine: AsyncEngine
+) -> None:
+    """A hang-up while a sync session closes in its worker thread: the async session of the
+    same context is closed all the same, and the cancellation is re-raised after."""
+    closing = threading.Event()
+
+    class SlowCloseSession(Session):
+        def close(self) -> None:
+            closing.set()
+            time.sleep(SLOW_CLOSE)
+            super().close()
+
+    app = Quart(__name__)
+    sync_scoped = flask_scoped_session(sessionmaker(bind=sync_engine, class_=SlowCloseSession))
+    sync_scoped.init_app(app)
+    async_scoped = async_scoped_session(async_sessionmaker(async_engine), app)
+
+    async def pop_during_the_sync_close() -> None:
+        ctx = app.app_context()
+        await ctx.push()
+        try:
+            await async_scoped.execute(text("select 1"))  # the async session holds a connection
+            await asyncio.to_thread(lambda: sync_scoped().execute(text("select 1")))
+        finally:
+            await ctx.pop()  # the teardown: cancelled below while the sync close runs
+
+    async with asyncio.timeout(TIMEOUT):
+        popping = asyncio.ensure_future(pop_during_the_sync_close())
+        while not closing.is_set():
+            await asyncio.sleep(0.005)
+        popping.cancel()  # as a client hanging up during the teardown would
+        with pytest.raises(asyncio.CancelledError):
+            await popping
+
+    assert len(sync_scoped.registry) == 0 and len(async_scoped.registry) == 0
+    assert async_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 # --- Quart CLI: run() closes every async session even when one close fails -------------------
 
 
