@@ -147,6 +147,21 @@ async def test_without_it_asyncpg_pins_the_context() -> None:
     assert await until_freed(ref)  # disposing the pool closed the connection
 
 
+def payload_view(
+    request_g: t.Any, refs: list[weakref.ref[Payload]]
+) -> t.Callable[[], t.Awaitable[str]]:
+    """An async view that puts a payload on *request_g* (Flask's or Quart's ``g``), watched
+    through *refs*, and queries through ``current_session``."""
+
+    async def view() -> str:
+        request_g.payload = Payload()
+        refs.append(weakref.ref(request_g.payload))
+        await current_session.execute(text("select 1"))
+        return "ok"
+
+    return view
+
+
 def test_flask_request_g_is_not_kept_by_the_pool() -> None:
     """Flask async view on asyncpg: after the request its ``g`` is freed, the connection pooled."""
     require_postgres()
@@ -154,13 +169,7 @@ def test_flask_request_g_is_not_kept_by_the_pool() -> None:
     app = Flask(__name__)
     async_scoped_session(async_sessionmaker(engine), app)
     refs: list[weakref.ref[Payload]] = []
-
-    @app.get("/")
-    async def view() -> str:
-        g.payload = Payload()
-        refs.append(weakref.ref(g.payload))
-        await current_session.execute(text("select 1"))
-        return "ok"
+    app.get("/")(payload_view(g, refs))
 
     try:
         assert app.test_client().get("/").text == "ok"
@@ -178,13 +187,7 @@ async def test_quart_request_g_is_not_kept_by_the_pool() -> None:
     app = Quart(__name__)
     async_scoped_session(async_sessionmaker(engine), app)
     refs: list[weakref.ref[Payload]] = []
-
-    @app.get("/")
-    async def view() -> str:
-        quart_g.payload = Payload()
-        refs.append(weakref.ref(quart_g.payload))
-        await current_session.execute(text("select 1"))
-        return "ok"
+    app.get("/")(payload_view(quart_g, refs))
 
     try:
         response = await app.test_client().get("/")

@@ -169,6 +169,23 @@ def test_shared_runner_restarts_after_a_real_fork() -> None:
     assert runner.run(_thread_id()) == parent_thread
 
 
+def run_to_exit(script: str) -> str:
+    """Run *script* in a new interpreter (warnings are errors) to its exit; its stdout.
+
+    It must exit with 0 and write nothing to stderr: disposing at exit is silent.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_environ("error"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
 def test_engines_are_disposed_at_exit() -> None:
     """At interpreter exit the shared loop disposes the engines of Flask apps."""
     require_postgres()
@@ -192,17 +209,9 @@ def test_engines_are_disposed_at_exit() -> None:
         """
     )
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_environ("error"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "response 1" in result.stdout
-    assert "pool closed a connection" in result.stdout, "the engine was not disposed at exit"
-    assert result.stderr == ""
+    stdout = run_to_exit(script)
+    assert "response 1" in stdout
+    assert "pool closed a connection" in stdout, "the engine was not disposed at exit"
     assert time.monotonic() - started < 60
 
 
@@ -241,15 +250,7 @@ def test_replica_engines_are_disposed_at_exit() -> None:
         print("response", app.test_client().get("/").text)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_environ("error"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "response 1" in result.stdout
-    assert "primary closed a connection" in result.stdout
-    assert "replica closed a connection" in result.stdout, "the replica was not disposed at exit"
-    assert result.stderr == ""
+    stdout = run_to_exit(script)
+    assert "response 1" in stdout
+    assert "primary closed a connection" in stdout
+    assert "replica closed a connection" in stdout, "the replica was not disposed at exit"
