@@ -1,144 +1,30 @@
-"""Shared fixtures: real database backends, apps, and the autouse leak detector."""
+"""Fixtures: real database backends, and the autouse leak detector.
+
+Helpers that are not fixtures live in ``tests/support/``.
+"""
 
 from __future__ import annotations
 
 import collections.abc as cabc
-import contextlib
-import functools
-import importlib.util
-import os
 import sys
 import typing as t
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
 
 from async_scoped_session_ext._context import ContextRegistry
 
-from .models import Base
-
-POSTGRES_URL = os.environ.get("ASSE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-#: Quart needs Flask >= 3.0: the compat cell for Flask 2.3 runs without it.
-HAS_QUART = importlib.util.find_spec("quart") is not None
-QUART_MISSING = "needs Quart, which is not installed (Quart >= 0.19 needs Flask >= 3.0)"
-needs_quart = pytest.mark.skipif(not HAS_QUART, reason=QUART_MISSING)
-
-#: The warning filters this run was given in PYTHONWARNINGS: the compat cell on Flask main
-#: ignores a third-party DeprecationWarning so (see noxfile.py).
-RUN_WARNINGS = [spec for spec in os.environ.get("PYTHONWARNINGS", "").split(",") if spec]
-
-SYNC_BACKENDS = ["sqlite", "postgresql"]
-ASYNC_BACKENDS = ["aiosqlite", "asyncpg"]
-
-
-def _connect_admin(**kwargs: t.Any) -> t.Any:
-    import psycopg
-
-    url = make_url(POSTGRES_URL)
-    return psycopg.connect(
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password,
-        dbname=url.database or "test",
-        connect_timeout=3,
-        **kwargs,
-    )
-
-
-@functools.cache
-def _postgres_unavailable() -> str | None:
-    """Why PostgreSQL cannot be used, or ``None`` when it answers."""
-    import psycopg
-
-    try:
-        _connect_admin().close()
-    except psycopg.OperationalError as error:
-        return f"PostgreSQL at {POSTGRES_URL!r} (ASSE_POSTGRES_URL) does not answer: {error}"
-    return None
-
-
-_created_databases: list[str] = []
-
-
-@functools.cache
-def _test_database_url() -> URL:
-    """A database of this test process's own, so parallel runs cannot drop each other's tables.
-
-    Falls back to the configured database when the user may not create databases.
-    """
-    import psycopg
-
-    base = make_url(POSTGRES_URL)
-    name = f"{base.database or 'test'}_asse_{os.getpid()}"
-    try:
-        with _connect_admin(autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # a crashed run's leftover
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.errors.InsufficientPrivilege:
-        return base
-    _created_databases.append(name)
-    return base.set(database=name)
+from .support.databases import ASYNC_BACKENDS, SYNC_BACKENDS, database_url, drop_created_databases
+from .support.models import Base
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Drop the databases this process created."""
-    for name in _created_databases:
-        with _connect_admin(autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def require_postgres() -> None:
-    """Skip (locally) or fail (with CI=true) when PostgreSQL is not reachable."""
-    reason = _postgres_unavailable()
-    if reason is not None:
-        if IN_CI:
-            pytest.fail(f"CI=true needs PostgreSQL, but: {reason}")
-        pytest.skip(reason)
-
-
-def postgres_url(driver: str) -> str:
-    """The test database's URL with *driver* (``psycopg`` or ``asyncpg``)."""
-    return (
-        _test_database_url()
-        .set(drivername=f"postgresql+{driver}")
-        .render_as_string(hide_password=False)
-    )
-
-
-def database_url(backend: str, tmp_path: Path) -> str:
-    """A URL for *backend*: a file SQLite database in *tmp_path*, or PostgreSQL."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'test.db'}"
-    if backend == "aiosqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    require_postgres()
-    return postgres_url("psycopg" if backend == "postgresql" else "asyncpg")
-
-
-def child_environ(*warnings: str) -> dict[str, str]:
-    """``os.environ`` for a child interpreter, with the filters *warnings* (``-W`` syntax)
-    before this run's own (``RUN_WARNINGS``), which thus still apply in the child.
-
-    Pass ``"error"`` here, not as ``python -W error``: ``-W`` filters take precedence over
-    PYTHONWARNINGS, and Python drops a ``-W`` filter equal to a PYTHONWARNINGS one as a
-    duplicate, so the run's filters cannot be repeated after it.
-    """
-    return {**os.environ, "PYTHONWARNINGS": ",".join([*warnings, *RUN_WARNINGS])}
-
-
-#: For tests that start a new interpreter, where ``pooled_aiosqlite`` has no effect.
-needs_pooled_aiosqlite = pytest.mark.skipif(
-    SQLiteDialect_aiosqlite.get_pool_class(make_url("sqlite+aiosqlite:///file.db")) is NullPool,
-    reason="SQLAlchemy < 2.0.38 gives aiosqlite file databases a NullPool, which closes each"
-    " connection at check-in and leaves no pool to dispose",
-)
+    """Drop the PostgreSQL databases this process created."""
+    drop_created_databases()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -205,30 +91,6 @@ async def async_engine(async_backend: str, tmp_path: Path) -> cabc.AsyncIterator
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
         await engine.dispose()
-
-
-@contextlib.contextmanager
-def engine_on_shared_loop(url: str, **options: t.Any) -> cabc.Iterator[AsyncEngine]:
-    """An async engine with fresh tables, its connections on the library's shared loop.
-
-    Flask async views and ``run()`` use that loop; afterwards no connection may be checked
-    out, and the engine is disposed there.
-    """
-    from async_scoped_session_ext._runner import runner
-
-    engine = create_async_engine(url, **options)
-
-    async def reset_tables() -> None:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-
-    runner.run(reset_tables())
-    try:
-        yield engine
-        assert engine.pool.checkedout() == 0, "a connection was left checked out"  # type: ignore[attr-defined]
-    finally:
-        runner.run(engine.dispose())
 
 
 def _pushed_contexts() -> list[object]:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, close_all_sessions, scoped_session, sessionm
 
 from async_scoped_session_ext import current_session, flask_scoped_session
 
-from .models import Todo
+from .support.models import Todo
 
 
 @pytest.fixture

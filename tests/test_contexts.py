@@ -39,9 +39,10 @@ from wsproto.events import AcceptConnection, CloseConnection, Event, Request, Te
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext._frameworks import current_app_context
 
-from .conftest import HAS_QUART, database_url, engine_on_shared_loop, needs_quart
-from .models import Todo
-from .test_servers import serving_asgi, serving_wsgi
+from .support.databases import database_url, engine_on_shared_loop
+from .support.environment import HAS_QUART, needs_quart
+from .support.models import Todo
+from .support.servers import serving_asgi, serving_wsgi
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart, copy_current_app_context, websocket

@@ -27,7 +27,8 @@ from async_scoped_session_ext import EngineRegistry, async_scoped_session, curre
 from async_scoped_session_ext._connect import _connect_in_empty_context, connect_outside_context
 from async_scoped_session_ext._runner import LoopRunner, runner
 
-from .conftest import HAS_QUART, database_url, needs_quart, postgres_url, require_postgres
+from .support.databases import database_url, postgres_url, require_postgres
+from .support.environment import HAS_QUART, needs_quart
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

@@ -17,7 +17,7 @@ from examples.flask_async_todo.app import engine_of as async_engine_of
 from examples.flask_todo.app import create_app as create_flask_app
 from examples.flask_todo.app import engine_of
 
-from .conftest import HAS_QUART, child_environ, needs_quart
+from .support.environment import HAS_QUART, child_environ, needs_quart
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart.typing import TestClientProtocol as QuartClient

@@ -1,7 +1,7 @@
 """Faults between a Quart app and PostgreSQL (asyncpg), injected by a TCP proxy.
 
 Each test serves a Quart app with hypercorn on loopback; its engine reaches PostgreSQL only
-through a :class:`~tests.faultproxy.FaultProxy`, which delays, stalls, cuts or refuses the
+through a :class:`~tests.support.faultproxy.FaultProxy`, which delays, stalls, cuts or refuses the
 traffic. Clients hang up mid-query and mid-teardown, the close path is cancelled at every
 loop iteration, a close is stalled, connections are cut, and the database goes down and
 comes back. Afterwards nothing may be left behind: no connection checked out, no session
@@ -43,8 +43,9 @@ from sqlalchemy.ext.asyncio import (
 from async_scoped_session_ext import async_scoped_session
 from async_scoped_session_ext._close import close_to_completion
 
-from .conftest import QUART_MISSING, postgres_url, require_postgres
-from .faultproxy import FaultProxy
+from .support.databases import postgres_url, require_postgres
+from .support.environment import QUART_MISSING
+from .support.faultproxy import FaultProxy
 
 pytest.importorskip("quart", reason=QUART_MISSING)
 

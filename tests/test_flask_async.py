@@ -26,8 +26,8 @@ from werkzeug.serving import make_server
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext._runner import runner
 
-from .conftest import database_url, engine_on_shared_loop, postgres_url
-from .models import Base, Todo
+from .support.databases import database_url, engine_on_shared_loop, postgres_url
+from .support.models import Base, Todo
 
 POOL_SIZE, MAX_OVERFLOW = 5, 10
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import postgres_url, require_postgres
-from .test_lifecycle import REPO_ROOT, run_script
+from .support.databases import postgres_url, require_postgres
+from .support.scripts import REPO_ROOT, run_script
 
 ROLES = ["primary", "replica", "first", "second"]
 
@@ -105,7 +105,7 @@ FORK_SCRIPT = (
     import gc
     import json
 
-    from tests.forkprobe import in_forked_child
+    from tests.support.forkprobe import in_forked_child
 
     app = create_app(sys.argv[1], sys.argv[2])
 

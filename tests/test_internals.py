@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, scoped_session
 
 from async_scoped_session_ext._teardown import has_changes
 
-from .conftest import needs_quart
-from .models import Base, Todo
+from .support.environment import needs_quart
+from .support.models import Base, Todo
 
 
 def test_flask_cv_app_holds_the_current_app_context() -> None:

@@ -7,9 +7,6 @@ loop cannot leak into the test process; each is bounded by a timeout.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 import typing as t
 from pathlib import Path
 
@@ -20,43 +17,14 @@ from sqlalchemy.pool import QueuePool
 
 from async_scoped_session_ext import async_scoped_session, flask_scoped_session
 
-from .conftest import (
-    HAS_QUART,
-    child_environ,
-    database_url,
-    needs_pooled_aiosqlite,
-    needs_quart,
-    postgres_url,
-    require_postgres,
-)
-from .models import Todo
-from .test_config import checked_out, engines_of, fresh_tables, sync_url_of
+from .support.databases import database_url, needs_pooled_aiosqlite, postgres_url, require_postgres
+from .support.engines import checked_out, engines_of, fresh_tables, sync_url_of
+from .support.environment import HAS_QUART, needs_quart
+from .support.models import Todo
+from .support.scripts import run_script
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 60
-
-
-def run_script(script: str, *args: str, warnings: t.Sequence[str] = ("error",)) -> str:
-    """Run *script* in a new interpreter from the repository root; return its stdout.
-
-    Fails unless it exits with 0 and writes nothing to stderr (with warnings as errors, that
-    includes every ResourceWarning about a connection that was never closed).
-    """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        env=child_environ(*warnings),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "", result.stderr
-    return result.stdout
-
 
 # -- Quart: after_serving ------------------------------------------------------------------
 
@@ -251,7 +219,7 @@ FORK_SCRIPT = """
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
     from sqlalchemy.orm import sessionmaker
     from async_scoped_session_ext import async_scoped_session, flask_scoped_session
-    from tests.forkprobe import in_forked_child
+    from tests.support.forkprobe import in_forked_child
 
     kind, source = sys.argv[1].split("-")
     url = sys.argv[2]

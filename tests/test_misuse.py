@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 
-from .conftest import HAS_QUART, needs_quart
+from .support.environment import HAS_QUART, needs_quart
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

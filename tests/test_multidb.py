@@ -19,8 +19,8 @@ from async_scoped_session_ext import (
     get_scoped_session,
 )
 
-from .conftest import HAS_QUART, needs_quart
-from .models import Base, Todo
+from .support.environment import HAS_QUART, needs_quart
+from .support.models import Base, Todo
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from async_scoped_session_ext import async_scoped_session, current_session
 from async_scoped_session_ext._runner import runner
 
-from .conftest import needs_quart, postgres_url, require_postgres
+from .support.databases import postgres_url, require_postgres
+from .support.environment import needs_quart
 
 CONTEXTS = 20
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import sessionmaker
 
 from async_scoped_session_ext import flask_scoped_session
 
-from .conftest import child_environ
+from .support.environment import child_environ
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,9 +26,10 @@ from async_scoped_session_ext import async_scoped_session, current_session
 from async_scoped_session_ext._app import get_state
 from async_scoped_session_ext.pgbouncer import transaction_mode
 
-from . import pgbouncer as harness
-from .conftest import HAS_QUART, needs_quart, postgres_url
-from .models import Base, Todo
+from .support import pgbouncer as harness
+from .support.databases import postgres_url
+from .support.environment import HAS_QUART, needs_quart
+from .support.models import Base, Todo
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

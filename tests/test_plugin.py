@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select, text
 
-from .conftest import HAS_QUART, RUN_WARNINGS, database_url, needs_quart
-from .plugin_project import APP_MODULE, BASE_INI, INI, TESTS
+from .support.databases import database_url
+from .support.environment import HAS_QUART, RUN_WARNINGS, needs_quart
+from .support.plugin_project import APP_MODULE, BASE_INI, INI, TESTS
 
 pytest_plugins = ["pytester"]
 

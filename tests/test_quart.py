@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from async_scoped_session_ext import async_scoped_session, current_session
 from async_scoped_session_ext._close import close_to_completion
 
-from .conftest import QUART_MISSING
-from .models import Todo
+from .support.environment import QUART_MISSING
+from .support.models import Todo
 
 pytest.importorskip("quart", reason=QUART_MISSING)
 

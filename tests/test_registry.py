@@ -35,8 +35,8 @@ from async_scoped_session_ext import (
 from async_scoped_session_ext._frameworks import current_app_context
 from async_scoped_session_ext._runner import runner
 
-from .conftest import HAS_QUART, needs_quart
-from .extra_databases import database_url, postgres_databases
+from .support.environment import HAS_QUART, needs_quart
+from .support.extra_databases import database_url, postgres_databases
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

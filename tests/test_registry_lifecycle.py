@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from async_scoped_session_ext import EngineRegistry, async_scoped_session, flask_scoped_session
 from async_scoped_session_ext._runner import runner
 
-from .conftest import postgres_url, require_postgres
-from .test_lifecycle import run_script
+from .support.databases import postgres_url, require_postgres
+from .support.scripts import run_script
 
 PID = text("select pg_backend_pid()")
 WAIT = 10.0  # seconds any one wait may take
@@ -225,7 +225,7 @@ FORK_SCRIPT = """
 
     from async_scoped_session_ext import EngineRegistry, async_scoped_session
     from async_scoped_session_ext._runner import runner
-    from tests.forkprobe import in_forked_child
+    from tests.support.forkprobe import in_forked_child
 
     url, sync_url, child_uses_a = sys.argv[1], sys.argv[2], sys.argv[3] == "yes"
     PID = text("select pg_backend_pid()")

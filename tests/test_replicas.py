@@ -36,8 +36,9 @@ from async_scoped_session_ext.replicas import (
     replica_sessionmaker,
 )
 
-from .conftest import HAS_QUART, needs_quart, postgres_url, require_postgres
-from .extra_databases import database_url, postgres_databases
+from .support.databases import postgres_url, require_postgres
+from .support.environment import HAS_QUART, needs_quart
+from .support.extra_databases import database_url, postgres_databases
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

@@ -17,7 +17,8 @@ import pytest
 
 from async_scoped_session_ext._runner import LoopRunner
 
-from .conftest import child_environ, postgres_url, require_postgres
+from .support.databases import postgres_url, require_postgres
+from .support.environment import child_environ
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
 

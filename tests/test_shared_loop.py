@@ -19,8 +19,8 @@ from sqlalchemy.orm import sessionmaker
 from async_scoped_session_ext import EngineRegistry, async_scoped_session, flask_scoped_session
 from async_scoped_session_ext.testing import isolate
 
-from .conftest import database_url, engine_on_shared_loop
-from .models import Todo
+from .support.databases import database_url, engine_on_shared_loop
+from .support.models import Todo
 
 COUNT = select(func.count(Todo.id))
 

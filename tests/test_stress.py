@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import QUART_MISSING, postgres_url, require_postgres
+from .support.databases import postgres_url, require_postgres
+from .support.environment import QUART_MISSING
 
 pytest.importorskip("quart", reason=QUART_MISSING)
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from async_scoped_session_ext import current_session, flask_scoped_session
 
-from .models import Todo
+from .support.models import Todo
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 
-from .conftest import HAS_QUART, database_url, engine_on_shared_loop, needs_quart
-from .models import Todo
+from .support.databases import database_url, engine_on_shared_loop
+from .support.environment import HAS_QUART, needs_quart
+from .support.models import Todo
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its Quart tests are skipped there
     from quart import Quart, websocket

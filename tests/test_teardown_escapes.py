@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import (
 from async_scoped_session_ext import async_scoped_session
 from async_scoped_session_ext._close import _GRACE
 
-from .conftest import QUART_MISSING, postgres_url, require_postgres
-from .faultproxy import FaultProxy
+from .support.databases import postgres_url, require_postgres
+from .support.environment import QUART_MISSING
+from .support.faultproxy import FaultProxy
 
 pytest.importorskip("quart", reason=QUART_MISSING)
 

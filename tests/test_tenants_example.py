@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import QUART_MISSING
+from .support.environment import QUART_MISSING
 
 pytest.importorskip("quart", reason=QUART_MISSING)
 

@@ -24,8 +24,9 @@ from async_scoped_session_ext._runner import runner
 from async_scoped_session_ext.replicas import replica_sessionmaker
 from async_scoped_session_ext.testing import aisolate, isolate
 
-from .conftest import HAS_QUART, database_url, engine_on_shared_loop, needs_quart
-from .models import Base, Todo
+from .support.databases import database_url, engine_on_shared_loop
+from .support.environment import HAS_QUART, needs_quart
+from .support.models import Base, Todo
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart

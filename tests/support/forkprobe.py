@@ -1,6 +1,6 @@
 """For the fork tests' child interpreters: fork a worker, run a probe in it, read its answer.
 
-Imported by the scripts those tests run (``from tests.forkprobe import in_forked_child``),
+Imported by the scripts those tests run (``from tests.support.forkprobe import in_forked_child``),
 from the repository root.
 """
 

@@ -36,7 +36,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import URL, make_url
 
-from .conftest import IN_CI, postgres_url, require_postgres
+from .databases import postgres_url, require_postgres
+from .environment import IN_CI
 
 if t.TYPE_CHECKING:
     from types import TracebackType

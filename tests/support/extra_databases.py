@@ -8,7 +8,7 @@ import contextlib
 import pytest
 from sqlalchemy import make_url
 
-from .conftest import _connect_admin, postgres_url, require_postgres
+from .databases import connect_admin, postgres_url, require_postgres
 
 
 @contextlib.contextmanager
@@ -25,7 +25,7 @@ def postgres_databases(*suffixes: str) -> cabc.Iterator[dict[str, str]]:
     names = {suffix: f"{base}_{suffix}" for suffix in suffixes}
     created: list[str] = []
     try:
-        with _connect_admin(autocommit=True) as conn:
+        with connect_admin(autocommit=True) as conn:
             for name in names.values():
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 try:
@@ -35,7 +35,7 @@ def postgres_databases(*suffixes: str) -> cabc.Iterator[dict[str, str]]:
                 created.append(name)
         yield names
     finally:
-        with _connect_admin(autocommit=True) as conn:
+        with connect_admin(autocommit=True) as conn:
             for name in created:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
