@@ -142,11 +142,20 @@ def create_configured_engine(config: t.Mapping[str, t.Any], name: str, is_async:
             f"{where} names the driver {url.drivername!r}, whose package is not installed"
             f" ({error}). Install it, or name a driver that is installed."
         ) from error
-    except (TypeError, ValueError, ArgumentError, InvalidRequestError) as error:
+    # A bad value may also fail as a KeyError (echo="bogus") or an AttributeError (module=1).
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        ArgumentError,
+        InvalidRequestError,
+    ) as error:
         raise _option_error_kind(error)(
-            f"{where} has engine options that {create.__name__}() rejects: {error} (the"
-            f" options given: {sorted(options)!r}). Fix or remove the option named there;"
-            " SQLAlchemy's create_engine() documentation lists what each option accepts."
+            f"{where} has engine options that {create.__name__}() rejects: {error!s} (the"
+            f" options given: {sorted(options)!r}; in the URL's query string:"
+            f" {sorted(url.query)!r}). Fix or remove the option named there; SQLAlchemy's"
+            " create_engine() documentation and the driver's list what each accepts."
         ) from error
     take_charge(engine)
     return engine

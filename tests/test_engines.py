@@ -99,13 +99,25 @@ SYNC_ERRORS: list[tuple[Config, type[Exception], str]] = [
         {"SQLALCHEMY_ENGINES": {"default": {"url": "sqlite:///unused.db", "pool_size": "many"}}},
         TypeError,
         r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
-        r" .*\(the options given: \['pool_size'\]\)",
+        r" .*\(the options given: \['pool_size'\];",
     ),
     (
         {"SQLALCHEMY_ENGINES": {"default": {"url": "sqlite://", "pool_sise": 5}}},
         TypeError,
         r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
         r" Invalid argument\(s\) 'pool_sise'",
+    ),
+    (  # SQLAlchemy looks the value up in a table: a KeyError
+        {"SQLALCHEMY_ENGINES": {"default": {"url": "sqlite://", "echo": "bogus"}}},
+        ValueError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
+        r" 'bogus' \(the options given: \['echo'\]; in the URL's query string: \[\]\)",
+    ),
+    (  # the option is in the URL, not in the dict
+        {"SQLALCHEMY_ENGINES": {"default": "sqlite:///unused.db?timeout=abc"}},
+        ValueError,
+        r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
+        r" .*\(the options given: \[\]; in the URL's query string: \['timeout'\]\)",
     ),
 ]
 
@@ -140,7 +152,7 @@ ASYNC_ERRORS: list[tuple[Config, type[Exception], str]] = [
         {"SQLALCHEMY_ASYNC_ENGINES": {"default": {"url": "sqlite+aiosqlite://", "pool_size": "x"}}},
         TypeError,
         r"'SQLALCHEMY_ASYNC_ENGINES\['default'\]' has engine options that"
-        r" create_async_engine\(\) rejects: .*\(the options given: \['pool_size'\]\)",
+        r" create_async_engine\(\) rejects: .*\(the options given: \['pool_size'\];",
     ),
     (
         {"SQLALCHEMY_ASYNC_ENGINES": {"default": {"url": "sqlite+aiosqlite://", "pool_sise": 5}}},
@@ -213,7 +225,7 @@ def test_server_side_cursors_on_a_driver_without_them() -> None:
     app = create_app({"SQLALCHEMY_ENGINES": {"default": options}})
     message = (
         r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
-        r" .* does not support server side cursors \(the options given: \['server_side_cursors'\]\)"
+        r" .* does not support server side cursors \(the options given: \['server_side_cursors'\];"
     )
     with disposing(app), app.app_context():
         with (
@@ -278,7 +290,7 @@ def test_option_error_of_a_kind_of_its_own(tmp_path: Path) -> None:
     app = create_app({"SQLALCHEMY_ENGINES": {"default": options}})
     message = (
         r"'SQLALCHEMY_ENGINES\['default'\]' has engine options that create_engine\(\) rejects:"
-        r" .* \(the options given: \['connect_args'\]\)"
+        r" .* \(the options given: \['connect_args'\];"
     )
     with disposing(app):
         with app.app_context(), pytest.raises(ValueError, match=message) as caught:
