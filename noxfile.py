@@ -139,7 +139,7 @@ def bench(session: nox.Session) -> None:
 def stress(session: nox.Session) -> None:
     """Stress a hypercorn-served Quart app on PostgreSQL with faults; report leaks and memory."""
     session.install(EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"))
-    session.run("python", "-m", "stress.quart_stress", *session.posargs)
+    session.run("python", "-m", "stress", *session.posargs)
 
 
 # -- compat: the version matrix -----------------------------------------------------------

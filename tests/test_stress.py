@@ -12,9 +12,11 @@ from .support.environment import QUART_MISSING
 
 pytest.importorskip("quart", reason=QUART_MISSING)
 
-from stress.quart_stress import DISCONNECT, RAISE, TIMEOUT, StressConfig, run_stress
+from stress.plan import DISCONNECT, RAISE, TIMEOUT, StressConfig
+from stress.run import run_stress
 
 
+@pytest.mark.slow
 async def test_small_stress_run_leaks_nothing() -> None:
     """300 mixed requests (16 at a time): every outcome expected, nothing left held."""
     require_postgres()
