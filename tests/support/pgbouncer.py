@@ -14,6 +14,10 @@ started with ``-u postgres`` (the user the Debian package creates; ``nobody`` ot
 it reads its ini file as root, then switches user before it opens its log file, so the
 temporary directory is handed to that user.
 
+mirakuru's ``TCPExecutor`` starts the process, waits until it accepts connections (and has
+logged that it listens), and stops it: SIGTERM, then SIGKILL after ``TIMEOUT``. The ini
+file, the retries on a port taken meanwhile, and the messages with PgBouncer's log are ours.
+
 The ``pgbouncer_url`` fixture starts one per test, in transaction mode with a pool of two
 server connections, and skips the test when the binary is missing (fails it with CI=true).
 """
@@ -25,15 +29,21 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 import typing as t
 from pathlib import Path
 
 import pytest
+from mirakuru import (
+    AlreadyRunning,
+    ExecutorError,
+    ProcessExitedWithError,
+    TCPExecutor,
+    TimeoutExpired,
+)
+from mirakuru.exceptions import ProcessFinishedWithError
 from sqlalchemy import URL, make_url
 
 from .databases import postgres_url, require_postgres
@@ -43,8 +53,7 @@ if t.TYPE_CHECKING:
     from types import TracebackType
 
 DEBIAN_BINARY = "/usr/sbin/pgbouncer"
-START_TIMEOUT = 10.0  # seconds until PgBouncer accepts connections
-STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
+TIMEOUT = 10.0  # seconds until PgBouncer accepts connections, and after SIGTERM until SIGKILL
 START_ATTEMPTS = 3  # a free port may be taken before PgBouncer binds it
 
 
@@ -72,6 +81,22 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
     raise RuntimeError("PgBouncer refuses to run as root, and there is no 'postgres' user")
+
+
+class _Executor(TCPExecutor):
+    """mirakuru's TCP executor, started once *bouncer* also logs that it listens.
+
+    The log line matters: a process that took the port first would accept connections
+    while PgBouncer exits with "nowhere to listen on".
+    """
+
+    def __init__(self, bouncer: PgBouncer, command: list[str], **popen: t.Any) -> None:
+        super().__init__(command, bouncer.host, bouncer.port, timeout=TIMEOUT, sleep=0.02, **popen)
+        self.bouncer = bouncer
+
+    def after_start_check(self) -> bool:
+        listening = f"listening on {self.host}:{self.port}" in self.bouncer.log()
+        return listening and super().after_start_check()
 
 
 def _quote(value: str) -> str:
@@ -112,7 +137,7 @@ class PgBouncer:
         }
         self._port: int | None = None
         self._dir: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._executor: _Executor | None = None
 
     @property
     def port(self) -> int:
@@ -141,17 +166,22 @@ class PgBouncer:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> PgBouncer:
-        """Start PgBouncer and wait until it accepts connections; return ``self``."""
-        if self._process is not None:
+        """Start PgBouncer and wait until it accepts connections; return ``self``.
+
+        A failure raises ``RuntimeError`` with what happened, what to do, and PgBouncer's log.
+        """
+        if self._executor is not None:
             raise RuntimeError("PgBouncer is already started")
-        for attempt in range(START_ATTEMPTS):
+        for attempt in range(1, START_ATTEMPTS + 1):
             try:
                 self._start_once()
-            except RuntimeError:
-                in_use = "Address already in use" in self.log()
+            except ExecutorError as error:
+                log = self.log()
                 self.stop()
-                if not in_use or attempt == START_ATTEMPTS - 1:
-                    raise
+                port_taken = isinstance(error, AlreadyRunning) or "Address already in use" in log
+                if not (port_taken and attempt < START_ATTEMPTS):
+                    log = log or "(empty: it logged nothing)"
+                    raise RuntimeError(f"{self._failure(error)}\n--- its log ---\n{log}") from error
             else:
                 return self
         raise AssertionError("unreachable")  # pragma: no cover
@@ -168,10 +198,10 @@ class PgBouncer:
                 os.chown(path, user.pw_uid, user.pw_gid)
         command.append(str(ini))
         with open(self._dir / "stderr.log", "wb") as stderr:
-            self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            self._executor = _Executor(
+                self, command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
             )
-        self._wait_until_accepting()
+            self._executor.start()
 
     def _write_config(self, directory: Path, port: int) -> Path:
         target = self.target
@@ -203,42 +233,33 @@ class PgBouncer:
         users.chmod(0o600)
         return ini
 
-    def _wait_until_accepting(self) -> None:
-        """Wait until PgBouncer logs that it listens, and a connection to it succeeds.
-
-        The log line matters: another process that took the port first would accept the
-        connection while PgBouncer exits with "nowhere to listen on".
-        """
-        assert self._process is not None
-        listening = f"listening on {self.host}:{self.port}"
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"PgBouncer exited with {self._process.returncode} at start:\n{self.log()}"
-                )
-            if listening in self.log():
-                try:
-                    socket.create_connection((self.host, self.port), timeout=1.0).close()
-                except OSError:
-                    pass
-                else:
-                    return
-            if time.monotonic() > deadline:
-                waited = f"PgBouncer did not accept connections in {START_TIMEOUT} s"
-                raise RuntimeError(f"{waited}:\n{self.log()}")
-            time.sleep(0.02)
+    def _failure(self, error: ExecutorError) -> str:
+        """What went wrong at start, the likely cause, and what to do."""
+        where = f"{self.host}:{self._port}"
+        if isinstance(error, ProcessExitedWithError):
+            return (
+                f"PgBouncer ({self.binary}) exited with code {error.exit_code} while starting"
+                f" on {where}. Its log says why: usually a setting it does not know (fix the"
+                " settings given to PgBouncer()), or its port taken on every attempt."
+            )
+        if isinstance(error, TimeoutExpired):
+            return (
+                f"PgBouncer did not accept connections on {where} within {TIMEOUT} s and was"
+                " killed: the machine is likely overloaded (run fewer tests at once)."
+            )
+        return (  # AlreadyRunning on every attempt
+            f"Another process listened on each of the {START_ATTEMPTS} free ports picked for"
+            f" PgBouncer (the last {where}): run fewer tests or servers at once."
+        )
 
     def stop(self) -> None:
-        """Stop PgBouncer (SIGTERM, then SIGKILL) and remove its directory."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # immediate shutdown; SIGINT would wait
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
+        """Stop PgBouncer (SIGTERM, SIGKILL after ``TIMEOUT``) and remove its directory."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # SIGTERM: an immediate shutdown before PgBouncer 1.23, which exits with 1 (mirakuru
+            # expects 0 or -SIGTERM); from 1.23 it waits for the clients to disconnect.
+            with contextlib.suppress(ProcessFinishedWithError):
+                executor.stop()
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
