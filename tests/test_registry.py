@@ -6,8 +6,11 @@ share are in ``tests/support/tenants.py``.
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import typing as t
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -119,3 +122,56 @@ def test_scoped_session_outlives_eviction_within_its_context(sync_tenants: Tenan
         assert registry.disposed == 1  # t1, idle once its request ended
     finally:
         closed_everything(registry, tracker)
+
+
+def test_registry_in_a_thread_that_outlives_its_request(sync_tenants: Tenants) -> None:
+    """After its request ended, a thread started in it still gets ``registry[key]``.
+
+    Using that context's session then raises the library's "torn down" error (a session
+    opened there would never be closed), and ``fresh()`` works as the error says.
+    """
+    tracker = PoolTracker()
+    registry = EngineRegistry(sync_tenants.url, max_engines=1)
+    app = flask_app(registry, tracker)
+    request_ended = threading.Event()
+    outcome: dict[str, t.Any] = {}
+
+    def late_work() -> None:
+        assert request_ended.wait(10)
+        scoped = t.cast("flask_scoped_session[Session]", registry["t1"])  # made now: no error
+        tracker.watch(scoped, "t1")
+        try:
+            scoped()
+        except RuntimeError as error:
+            outcome["error"] = str(error)
+        with scoped.fresh() as session:
+            session.add(Note(tenant="t1"))
+            session.commit()
+            outcome["seen"] = list(session.scalars(select(Note.tenant)))
+
+    threads: list[threading.Thread] = []
+
+    @app.post("/later")
+    def later() -> str:
+        # The thread runs in a copy of the request's context, app context included.
+        threads.append(threading.Thread(target=contextvars.copy_context().run, args=(late_work,)))
+        threads[0].start()
+        return "started"
+
+    try:
+        assert app.test_client().post("/later").text == "started"
+        request_ended.set()
+        threads[0].join(timeout=10)
+        assert "is torn down (or being torn down)" in outcome["error"]
+        assert outcome["seen"] == ["t1"]
+        assert (registry.keys(), registry.created, registry.reap()) == (["t1"], 1, 0)
+    finally:
+        closed_everything(registry, tracker)
+    assert tracker.closed["t1"] == tracker.opened["t1"] == 1
+
+
+@pytest.mark.parametrize("max_engines", [0, -1])
+def test_max_engines_below_one_is_refused(max_engines: int) -> None:
+    """A registry must be able to hold the engine of the key it was just asked for."""
+    with pytest.raises(ValueError, match=rf"^max_engines must be at least 1, not {max_engines}\.$"):
+        EngineRegistry(max_engines=max_engines)

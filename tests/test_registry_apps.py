@@ -1,9 +1,10 @@
-"""EngineRegistry in apps: an app with only a registry, and the app's own session apart from
-the tenants' (current_session, a tenant called "default").
+"""EngineRegistry in apps: an app with only a registry, the app's own session apart from the
+tenants' (current_session, a tenant called "default"), and init_app on a second app or twice.
 """
 
 from __future__ import annotations
 
+import contextvars
 import typing as t
 from pathlib import Path
 
@@ -20,7 +21,11 @@ from async_scoped_session_ext import (
     flask_scoped_session,
 )
 
+from .support.environment import HAS_QUART, needs_quart
 from .support.tenants import sqlite_tenants as _sqlite_tenants
+
+if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
+    from quart import Quart
 
 # -- the app's own session and the registry's ------------------------------------------
 
@@ -83,3 +88,63 @@ def test_tenant_called_default_leaves_the_apps_session_alone(tmp_path: Path) -> 
             assert app.scoped_session is own  # type: ignore[attr-defined]
     finally:
         registry.close()
+
+
+# -- init_app: a second app, the same app twice ------------------------------------------
+
+
+def test_a_second_app_shares_the_engines_made_before_it(tmp_path: Path) -> None:
+    """``init_app`` on a second app scopes the engines made so far to its contexts too.
+
+    That includes an evicted engine still busy in the first app's context: the second app's
+    context gets a session of its own from it, and no engine is made twice.
+    """
+    _sqlite_tenants(tmp_path, ["t0", "t1"])
+    registry = EngineRegistry(lambda key: f"sqlite:///{tmp_path / key}.db", max_engines=1)
+    first, second = Flask("first"), Flask("second")
+    registry.init_app(first)
+
+    def in_the_second_app() -> list[object]:
+        with second.app_context():
+            sessions: list[object] = []
+            for tenant in ("t0", "t1"):
+                scoped = t.cast("flask_scoped_session[Session]", registry[tenant])
+                assert scoped.scalar(select(1)) == 1
+                sessions.append(scoped())
+            return sessions
+
+    try:
+        with first.app_context():
+            busy = t.cast(Session, registry["t0"]())
+            busy.execute(select(1))
+            registry["t1"]  # evicts t0, whose session is open here
+            assert (registry.keys(), len(registry)) == (["t1"], 2)
+            registry.init_app(second)  # attaches t1 and the evicted t0
+            theirs = contextvars.Context().run(in_the_second_app)
+            assert all(session is not busy for session in theirs)
+            assert busy.execute(select(1)).scalar() == 1
+            assert registry.created == 2  # t0 was taken back, not made again
+        assert registry.reap() == 0
+    finally:
+        registry.close()
+    assert (registry.created, registry.disposed, len(registry)) == (2, 2, 0)
+
+
+@needs_quart
+async def test_init_app_twice_before_any_engine_sets_the_app_up_once(tmp_path: Path) -> None:
+    """A second ``init_app(app)`` of a registry without engines adds nothing to the app."""
+    _sqlite_tenants(tmp_path, ["t0"])
+    registry = EngineRegistry(lambda key: f"sqlite+aiosqlite:///{tmp_path / key}.db", is_async=True)
+    app = Quart(__name__)
+    registry.init_app(app)
+    registry.init_app(app)
+    assert app.after_serving_funcs.count(registry.aclose) == 1
+
+    @app.get("/<tenant>")
+    async def view(tenant: str) -> str:
+        scoped = t.cast("async_scoped_session[AsyncSession]", registry[tenant])
+        return str(await scoped.scalar(select(1)))
+
+    async with app.test_app():
+        assert await (await app.test_client().get("/t0")).get_data(as_text=True) == "1"
+    assert (registry.created, registry.disposed, len(registry)) == (1, 1, 0)

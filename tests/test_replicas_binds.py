@@ -1,8 +1,9 @@
 """Read replicas with ``binds``: only the primary's statements are routed.
 
 A model bound to another database is read from and written to that database, and its writes
-do not count; ``binds`` may name the primary too, and ``binds`` without a ``bind`` (the primary)
-are refused. Sync (pysqlite, psycopg) and async (aiosqlite, asyncpg); a third database (or a
+do not count; ``binds`` may name the primary too; and ``binds`` without a ``bind`` (the
+primary) are refused, whether given to the factory, added to the session later or given with
+a statement. Sync (pysqlite, psycopg) and async (aiosqlite, asyncpg); a third database (or a
 third SQLite file) holds a table that all three have, each with its own row
 (``tests/support/replicas.py``).
 """
@@ -119,6 +120,33 @@ def test_binds_without_bind_are_refused(tmp_path: Path) -> None:
     try:
         with pytest.raises(TypeError, match=r"has no 'bind'.*Bind it to that database"):
             factory()
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+
+@pytest.mark.parametrize("how", ["bind_mapper", "bind_table", "bind_arguments"])
+def test_binds_given_after_the_session_was_made_are_refused(tmp_path: Path, how: str) -> None:
+    """Without a bind, binds added to the session later, or a statement's own bind, are refused.
+
+    The session still cannot tell which database the replica replicates; it says so before
+    any statement runs.
+    """
+    primary = create_engine(f"sqlite:///{tmp_path / 'primary.db'}")
+    replica = create_engine(f"sqlite:///{tmp_path / 'replica.db'}")
+    bind_arguments: dict[str, t.Any] = {}
+    try:
+        with sessionmaker(class_=ReplicaSession, replica=replica)() as session:
+            if how == "bind_mapper":
+                session.bind_mapper(Item, primary)
+            elif how == "bind_table":
+                session.bind_table(Item.__table__, primary)  # type: ignore[arg-type]
+            else:
+                bind_arguments["bind"] = primary
+            with pytest.raises(TypeError, match=r"has no 'bind'.*Bind it to that database"):
+                session.scalars(select(Item.name), bind_arguments=bind_arguments)
+            assert not session.wrote
+        assert primary.pool.checkedout() == replica.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         primary.dispose()
         replica.dispose()
