@@ -1,33 +1,22 @@
-"""Read replicas: two PostgreSQL databases stand in for a primary and its replica.
+"""Read replicas: what goes where, Flask and Quart views reading from the replica, the end of a
+session's writes (close, reset, invalidate), and the factories' types.
 
+Two PostgreSQL databases stand in for a primary and its replica (``tests/support/replicas.py``).
 They are not replicated, so where a read went shows: the replica holds a row the primary
-never had, and rows written through the session exist on the primary only. For ``binds``,
-a third database (or three SQLite files) holds a table that all three have, each with its
-own row.
+never had, and rows written through the session exist on the primary only.
 """
 
 from __future__ import annotations
 
 import collections.abc as cabc
-import contextlib
 import typing as t
 from pathlib import Path
 
 import pytest
 from flask import Flask, request
-from sqlalchemy import (
-    Engine,
-    String,
-    create_engine,
-    delete,
-    insert,
-    inspect,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import Engine, create_engine, delete, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import Session
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext.replicas import (
@@ -36,49 +25,21 @@ from async_scoped_session_ext.replicas import (
     replica_sessionmaker,
 )
 
-from .support.databases import postgres_url, require_postgres
+from .support import replicas
+from .support.databases import postgres_url
 from .support.environment import HAS_QUART, needs_quart
-from .support.extra_databases import database_url, postgres_databases
+from .support.extra_databases import database_url
+from .support.replicas import Item, ReplicaBase
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart
     from quart import request as quart_request
 
 
-class ReplicaBase(DeclarativeBase):
-    pass
-
-
-class Item(ReplicaBase):
-    __tablename__ = "asse_test_item"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
-
-
-class OtherBase(DeclarativeBase):
-    """Models that a session's ``binds`` put on a third database, neither primary nor replica."""
-
-
-class Other(OtherBase):
-    __tablename__ = "asse_test_other"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
-
-
-@pytest.fixture(scope="module")
-def replica_database() -> cabc.Iterator[str]:
-    """The name of a second database beside the test database."""
-    with postgres_databases("replica") as names:
-        yield names["replica"]
-
-
-@pytest.fixture(scope="module")
-def other_database() -> cabc.Iterator[str]:
-    """The name of a third database, for the models bound elsewhere."""
-    with postgres_databases("other") as names:
-        yield names["other"]
+replica_database = replicas.replica_database
+other_database = replicas.other_database
+sync_urls = replicas.sync_urls
+async_urls = replicas.async_urls
 
 
 @pytest.fixture
@@ -236,209 +197,6 @@ async def test_quart_views_read_from_the_replica(urls: dict[str, str]) -> None:
         assert names_in(urls["replica"]) == ["on the replica"]
     finally:
         for engine in (primary, replica):
-            assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-            await engine.dispose()
-
-
-# -- binds: only the primary's statements are routed ---------------------------------------
-
-ROLES = ("primary", "replica", "other")
-#: What each database holds before a test; a read's rows say which database answered.
-OTHER_ROWS = {
-    "primary": "other: on the primary",
-    "replica": "other: on the replica",
-    "other": "other: on its own database",
-}
-
-
-@contextlib.contextmanager
-def partitioned_databases(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> cabc.Iterator[dict[str, str]]:
-    """Primary, replica and other URLs for *backend*, filled in as their names say.
-
-    The primary and the replica both have both tables; the other database has only
-    ``asse_test_other``. Only the replica has an item; each ``asse_test_other`` has its own row.
-    """
-    if backend in ("sqlite", "aiosqlite"):
-        scheme = "sqlite+aiosqlite" if backend == "aiosqlite" else "sqlite"
-        urls = {role: f"{scheme}:///{tmp_path / f'{role}.db'}" for role in ROLES}
-    else:
-        require_postgres()
-        driver = "asyncpg" if backend == "asyncpg" else "psycopg"
-        urls = {
-            "primary": postgres_url(driver),
-            "replica": database_url(request.getfixturevalue("replica_database"), driver),
-            "other": database_url(request.getfixturevalue("other_database"), driver),
-        }
-    engines = {
-        role: create_engine(url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg"))
-        for role, url in urls.items()
-    }
-    metadatas = {
-        "primary": [ReplicaBase.metadata, OtherBase.metadata],
-        "replica": [ReplicaBase.metadata, OtherBase.metadata],
-        "other": [OtherBase.metadata],
-    }
-    try:
-        for role, engine in engines.items():
-            for metadata in metadatas[role]:
-                metadata.drop_all(engine)
-                metadata.create_all(engine)
-            with engine.begin() as conn:
-                conn.execute(insert(Other).values(name=OTHER_ROWS[role]))
-                if role == "replica":
-                    conn.execute(insert(Item).values(name="on the replica"))
-        yield urls
-    finally:
-        for role, engine in engines.items():
-            for metadata in metadatas[role]:
-                metadata.drop_all(engine)
-            engine.dispose()
-
-
-@pytest.fixture
-def sync_urls(
-    sync_backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> cabc.Iterator[dict[str, str]]:
-    """Sync URLs (pysqlite files or psycopg) of a primary, its replica and another database."""
-    with partitioned_databases(sync_backend, tmp_path, request) as urls:
-        yield urls
-
-
-@pytest.fixture
-def async_urls(
-    async_backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> cabc.Iterator[dict[str, str]]:
-    """Async URLs (aiosqlite files or asyncpg) of a primary, its replica and another database."""
-    with partitioned_databases(async_backend, tmp_path, request) as urls:
-        yield urls
-
-
-def other_names(url: str) -> list[str]:
-    """The names in ``asse_test_other`` at *url* (a sync URL), read directly."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return sorted(conn.scalars(select(Other.name)))
-    finally:
-        engine.dispose()
-
-
-#: The ways ``binds`` can name the other database's models; SQLAlchemy resolves each.
-BIND_KEYS: dict[str, t.Callable[[], object]] = {
-    "base class": lambda: OtherBase,
-    "mapped class": lambda: Other,
-    "mapper": lambda: inspect(Other),
-    "table": lambda: Other.__table__,
-}
-
-
-@pytest.mark.parametrize("bind_key", sorted(BIND_KEYS))
-def test_reads_of_a_model_bound_elsewhere_come_from_its_database(
-    sync_urls: dict[str, str], bind_key: str
-) -> None:
-    """With binds, a read of a model bound to another database returns that database's rows."""
-    engines = {role: create_engine(url) for role, url in sync_urls.items()}
-    factory = replica_sessionmaker(
-        engines["primary"], engines["replica"], binds={BIND_KEYS[bind_key](): engines["other"]}
-    )
-    try:
-        with factory() as session:
-            own_rows = [OTHER_ROWS["other"]]
-            assert session.scalars(select(Other.name)).all() == own_rows
-            assert session.scalars(select(Other)).one().name == OTHER_ROWS["other"]
-            if bind_key != "base class":  # a Core read names only the table
-                assert session.scalars(select(Other.__table__.c.name)).all() == own_rows
-            assert session.scalars(select(Item.name)).all() == ["on the replica"]
-            assert session.get_bind(Other, clause=select(Other)) is engines["other"]
-
-            session.add(Other(name="added"))
-            session.commit()  # a write to the other database, not to the primary
-            assert not session.wrote
-            assert session.scalars(select(Item.name)).all() == ["on the replica"]
-
-            session.add(Item(name="written"))
-            session.commit()  # a write to the primary: its reads stay there
-            assert session.scalars(select(Item.name)).all() == ["written"]
-            assert session.scalars(select(Other.name).order_by(Other.name)).all() == [
-                "added",
-                OTHER_ROWS["other"],
-            ]
-        assert other_names(sync_urls["other"]) == ["added", OTHER_ROWS["other"]]
-        assert other_names(sync_urls["replica"]) == [OTHER_ROWS["replica"]]
-        assert other_names(sync_urls["primary"]) == [OTHER_ROWS["primary"]]
-    finally:
-        for engine in engines.values():
-            assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-            engine.dispose()
-
-
-def test_binds_may_name_the_primary_too(sync_urls: dict[str, str]) -> None:
-    """Binds naming the primary and another database: the primary's models read from the replica."""
-    engines = {role: create_engine(url) for role, url in sync_urls.items()}
-    binds = {ReplicaBase: engines["primary"], OtherBase: engines["other"]}
-    factory = sessionmaker(
-        engines["primary"], class_=ReplicaSession, binds=binds, replica=engines["replica"]
-    )
-    try:
-        with factory() as session:
-            assert session.scalars(select(Item.name)).all() == ["on the replica"]
-            assert session.scalars(select(Other.name)).all() == [OTHER_ROWS["other"]]
-            session.add(Item(name="written"))
-            session.flush()
-            assert session.scalars(select(Item.name)).all() == ["written"]
-            session.rollback()
-    finally:
-        for engine in engines.values():
-            engine.dispose()
-
-
-def test_binds_without_bind_are_refused(tmp_path: Path) -> None:
-    """Binds without a bind: the session says to bind it to the primary, not guess."""
-    primary = create_engine(f"sqlite:///{tmp_path / 'primary.db'}")
-    replica = create_engine(f"sqlite:///{tmp_path / 'replica.db'}")
-    factory = sessionmaker(class_=ReplicaSession, binds={ReplicaBase: primary}, replica=replica)
-    try:
-        with pytest.raises(TypeError, match=r"has no 'bind'.*Bind it to that database"):
-            factory()
-    finally:
-        primary.dispose()
-        replica.dispose()
-
-
-@pytest.mark.parametrize("form", ["replica_sessionmaker", "async_sessionmaker"])
-async def test_async_reads_of_a_model_bound_elsewhere_come_from_its_database(
-    async_urls: dict[str, str], form: str
-) -> None:
-    """Async: a read of a model bound to another database returns that database's rows."""
-    engines = {role: create_async_engine(url) for role, url in async_urls.items()}
-    factory: async_sessionmaker[t.Any]
-    if form == "replica_sessionmaker":
-        factory = async_replica_sessionmaker(
-            engines["primary"], engines["replica"], binds={OtherBase: engines["other"]}
-        )
-    else:
-        factory = async_sessionmaker(
-            engines["primary"],
-            binds={ReplicaBase: engines["primary"], OtherBase: engines["other"]},
-            sync_session_class=ReplicaSession,
-            replica=engines["replica"].sync_engine,
-        )
-    try:
-        async with factory() as session:
-            assert (await session.scalars(select(Other.name))).all() == [OTHER_ROWS["other"]]
-            assert (await session.scalars(select(Item.name))).all() == ["on the replica"]
-            session.add(Other(name="added"))
-            await session.commit()
-            assert (await session.scalars(select(Item.name))).all() == ["on the replica"]
-            session.add(Item(name="written"))
-            await session.commit()
-            assert (await session.scalars(select(Item.name))).all() == ["written"]
-        sync_url = async_urls["other"].replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
-        assert other_names(sync_url) == ["added", OTHER_ROWS["other"]]
-    finally:
-        for engine in engines.values():
             assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
             await engine.dispose()
 
