@@ -133,12 +133,13 @@ class EngineRegistry:
         A Quart app also awaits :meth:`aclose` after serving.
         """
         with self._lock:
-            if app not in self._apps:
-                state = ensure_state(app)  # now: Flask refuses a teardown once serving
-                if state.is_quart:
-                    t.cast("Quart", app).after_serving(self.aclose)
-                elif self.is_async:  # as async_scoped_session.init_app does
-                    use_shared_loop(app, state, True)
+            if app in self._apps:  # already: its engines are attached as they are made
+                return
+            state = ensure_state(app)  # now: Flask refuses a teardown once serving
+            if state.is_quart:
+                t.cast("Quart", app).after_serving(self.aclose)
+            elif self.is_async:  # as async_scoped_session.init_app does
+                use_shared_loop(app, state, True)
             self._apps.add(app)
             for entry in [*self._entries.values(), *self._retired]:
                 self._attach(entry, app)

@@ -148,3 +148,22 @@ async def test_init_app_twice_before_any_engine_sets_the_app_up_once(tmp_path: P
     async with app.test_app():
         assert await (await app.test_client().get("/t0")).get_data(as_text=True) == "1"
     assert (registry.created, registry.disposed, len(registry)) == (1, 1, 0)
+
+
+def test_init_app_again_after_engines_were_made_changes_nothing(tmp_path: Path) -> None:
+    """A second ``init_app(app)`` once engines exist is harmless too: no error, the same
+    engines and the same session in the app's contexts."""
+    _sqlite_tenants(tmp_path, ["t0"])
+    registry = EngineRegistry(lambda key: f"sqlite:///{tmp_path / key}.db")
+    app = Flask(__name__)
+    registry.init_app(app)
+    try:
+        with app.app_context():
+            first = t.cast(Session, registry["t0"]())
+            registry.init_app(app)
+            assert registry["t0"]() is first
+            assert first.scalar(select(1)) == 1
+        assert (registry.created, len(registry)) == (1, 1)
+    finally:
+        registry.close()
+    assert (registry.created, registry.disposed, len(registry)) == (1, 1, 0)
