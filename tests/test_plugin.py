@@ -12,7 +12,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 
 from .support.databases import database_url
 from .support.environment import HAS_QUART, RUN_WARNINGS, needs_quart
-from .support.plugin_project import APP_MODULE, BASE_INI, INI, TESTS
+from .support.plugin_project import APP_MODULE, APP_VARIANTS, BASE_INI, INI, TESTS, VARIANT_TESTS
 
 pytest_plugins = ["pytester"]
 
@@ -230,3 +230,95 @@ def test_app_fixture_without_asse_app_says_what_to_do(project: pytest.Pytester) 
     result = project.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*set 'asse_app = package.module:create_app'*"])
+
+
+@pytest.mark.parametrize("name", ["app", "unreadable"])
+def test_asse_app_naming_an_app_or_an_unreadable_factory(
+    project: pytest.Pytester, tmp_path: Path, name: str
+) -> None:
+    """``asse_app`` may name the app itself, or a factory whose signature cannot be read
+    (called without the config): either way ``app_config`` is applied to the app before its
+    first request, replacing only the named engines, and every test is rolled back."""
+    url = database_url("sqlite", tmp_path)
+    make_schema(url)
+    project.makepyfile(app_variants=APP_VARIANTS)
+    project.makeini(
+        INI.format(kind="flask", url_option="asse_database_url", url=url).replace(
+            "app_under_test:create_flask", f"app_variants:{name}"
+        )
+    )
+    project.makepyfile(test_variant=VARIANT_TESTS.format(url=url))
+    project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert rows_and_other_connections(url) == (0, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: an asse_app naming neither an app nor a callable (here a dict) fails with a"
+    " bare \"TypeError: 'dict' object is not callable\" from make_app, not an error naming"
+    " the asse_app value and its fix as for an unimportable one",
+)
+def test_asse_app_naming_neither_app_nor_factory(project: pytest.Pytester) -> None:
+    """An ``asse_app`` naming something that is neither an app nor a factory says so, naming
+    the option's value, as an unimportable one does."""
+    project.makepyfile(app_variants=APP_VARIANTS)
+    project.makeini(BASE_INI + "asse_app = app_variants:settings\n")
+    project.makepyfile(test_x="def test_x(app):\n    pass\n")
+    result = project.runpytest("-p", "no:cacheprovider")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*asse_app = 'app_variants:settings'*"])
+
+
+def test_fixtures_without_the_plugin_options(
+    project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With plugin autoloading off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) the entry point never
+    declares its ini options; fixtures enabled by ``pytest_plugins`` still work: ``app_config``
+    holds ``TESTING`` only, and the project's own ``app`` fixture is isolated per test."""
+    url = database_url("sqlite", tmp_path)
+    make_schema(url)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    project.makeini("[pytest]\nfilterwarnings = error\n")
+    project.makeconftest(
+        f"""
+        import pytest
+        from app_under_test import create_flask
+
+        pytest_plugins = ["async_scoped_session_ext.fixtures"]
+
+        @pytest.fixture
+        def app(app_config):
+            assert app_config == {{"TESTING": True}}
+            return create_flask({{**app_config, "SQLALCHEMY_ENGINES": {{"default": {url!r}}}}})
+        """
+    )
+    project.makepyfile(
+        test_own="""
+        def test_first(client):
+            assert client.post("/items/x").json == {"count": 1}
+
+        def test_second(client):
+            assert client.post("/items/y").json == {"count": 1}
+        """
+    )
+    result = project.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert "asyncio: mode" not in result.stdout.str()  # autoloading was off: no pytest-asyncio
+    assert rows_and_other_connections(url) == (0, 0)
+
+
+@needs_quart
+def test_quart_app_without_pytest_asyncio(project: pytest.Pytester, tmp_path: Path) -> None:
+    """In an interpreter without pytest-asyncio (hidden from imports, its plugin off), the
+    fixtures still load, and a test of a Quart app fails at set-up saying what to install."""
+    url = database_url("aiosqlite", tmp_path)
+    project.makeini(
+        "[pytest]\nfilterwarnings = error\nasse_app = app_under_test:create_quart\n"
+        f"asse_async_database_url = {url}\n"
+    )
+    project.makeconftest('import sys\n\nsys.modules["pytest_asyncio"] = None  # not installed\n')
+    project.makepyfile(test_quart="def test_client(client):\n    pass\n")
+    warnings = [f"-W{spec}" for spec in RUN_WARNINGS]
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio", *warnings)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*Testing a Quart app needs pytest-asyncio installed.*"])

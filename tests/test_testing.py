@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, create_engine, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -24,7 +25,7 @@ from async_scoped_session_ext._runner import runner
 from async_scoped_session_ext.replicas import replica_sessionmaker
 from async_scoped_session_ext.testing import aisolate, isolate
 
-from .support.databases import database_url, engine_on_shared_loop
+from .support.databases import connect_admin, database_url, engine_on_shared_loop
 from .support.environment import HAS_QUART, needs_quart
 from .support.models import Base, Todo
 
@@ -296,3 +297,80 @@ async def test_aisolate_on_a_flask_app(sync_engine: Engine, tmp_path: Path) -> N
         assert runner.run(count_async(engine)) == 0
         assert count_sync(sync_engine) == 0
         assert client.post("/d").json == {"count": 1}  # the app's own factories are back
+
+
+@pytest.mark.parametrize("sync_backend", ["sqlite"])
+def test_flask_app_without_shared_loop_cannot_be_isolated(
+    sync_engine: Engine, tmp_path: Path
+) -> None:
+    """A Flask app whose async views opted out of the shared loop has no one event loop to
+    open the test's async connections on: ``isolate()`` refuses before opening anything, says
+    to keep ``shared_loop=True``, and leaves the app as it was (asking again gives the same
+    answer, not "already isolated")."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'opted_out.db'}")
+    app = flask_app(flask_scoped_session(sessionmaker(sync_engine)))
+    async_scoped_session(async_sessionmaker(engine), app, shared_loop=False)
+    try:
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="shared_loop=False") as raised, isolate(app):
+                pass
+            assert "Keep the default shared_loop=True" in str(raised.value)
+        assert sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert app.test_client().post("/a").json == {"count": 1}  # not isolated: committed
+        assert count_sync(sync_engine) == 1
+    finally:
+        engine.sync_engine.dispose()  # never connected: nothing on any loop to close
+
+
+async def kill_backends(connections: list[Connection | AsyncConnection]) -> None:
+    """Have PostgreSQL terminate the backends of *connections* (and wait until they are gone)."""
+    pids = [
+        await t.cast(AsyncConnection, c).scalar(text("select pg_backend_pid()"))
+        for c in connections
+    ]
+    with connect_admin(autocommit=True) as admin:
+        for pid in pids:
+            assert admin.execute("select pg_terminate_backend(%s, 5000)", (pid,)).fetchone() == (
+                True,
+            )
+
+
+@needs_quart
+@pytest.mark.parametrize("async_backend", ["asyncpg"])
+@pytest.mark.parametrize("block_fails", [False, True], ids=["block_passes", "block_fails"])
+async def test_connections_lost_before_the_end(
+    async_engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture, block_fails: bool
+) -> None:
+    """Awaited, on Quart with asyncpg: the server kills both of the test's connections (two
+    engines) before the isolation ends, so both async rollbacks fail. Every step still runs
+    (each connection is returned, the app's own factories are back); with the block passing,
+    both failures come out together in one ExceptionGroup; with the block failing, its own
+    error comes out and both failures are logged."""
+    archive_engine = create_async_engine(database_url("asyncpg", tmp_path))
+    app = quart_app(async_scoped_session(async_sessionmaker(async_engine)))
+    async_scoped_session(async_sessionmaker(archive_engine), app, name="archive")
+    failures: list[BaseException] = []
+    try:
+        with caplog.at_level(logging.ERROR, logger="async_scoped_session_ext"):
+            if block_fails:
+                with pytest.raises(KeyError, match="the test's own error"):
+                    async with aisolate(app) as db:
+                        await kill_backends(db.connections)
+                        raise KeyError("the test's own error")
+                failures = [r.exc_info[1] for r in caplog.records if r.exc_info and r.exc_info[1]]
+            else:
+                with pytest.raises(ExceptionGroup, match="Ending a test's isolation") as raised:
+                    async with aisolate(app) as db:
+                        response = await app.test_client().post("/a")
+                        assert await response.get_json() == {"count": 1}
+                        await kill_backends(db.connections)
+                failures = list(raised.value.exceptions)
+        assert len(failures) == 2
+        for failure in failures:
+            assert isinstance(failure, DBAPIError) and failure.connection_invalidated
+        for engine in (async_engine, archive_engine):
+            assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        response = await app.test_client().post("/b")  # own factories: the killed work is gone
+        assert await response.get_json() == {"count": 1}
+    finally:
+        await archive_engine.dispose()

@@ -1,8 +1,9 @@
 """The project the pytest plugin's own tests run pytest on (with ``pytester``).
 
-One app module with three factories (sync Flask, Flask async views, Quart), and one test
-file per kind of app: each writes through the app's views and its own session, commits,
-fails on purpose, and checks that nothing of an earlier test is left.
+One app module with three factories (sync Flask, Flask async views, Quart), one module of
+other things ``asse_app`` may name (``APP_VARIANTS``), and one test file per kind of app:
+each writes through the app's views and its own session, commits, fails on purpose, and
+checks that nothing of an earlier test is left.
 """
 
 from __future__ import annotations
@@ -221,6 +222,35 @@ async def test_fails_after_commit(client):
 async def test_after_the_failure(client, async_db_session):
     assert await async_db_session.scalar(COUNT) == 0
     assert await (await client.get("/items")).get_json() == {"count": 0}
+"""
+
+# The other things ``asse_app`` may name: the app itself, a factory whose signature
+# cannot be read, and (a mistake) neither.
+APP_VARIANTS = """
+import functools
+import itertools
+
+from app_under_test import create_flask
+
+app = create_flask({"SQLALCHEMY_ENGINES": {"default": "sqlite://", "other": "sqlite://"}})
+# A C-implemented callable, whose signature inspect cannot read (as a compiled factory's).
+unreadable = functools.partial(next, itertools.repeat(app))
+settings = {"SQLALCHEMY_ENGINES": {}}  # neither an app nor a factory
+"""
+
+VARIANT_TESTS = """
+import app_variants
+
+
+def test_config_applied(app, client):
+    assert app is app_variants.app
+    assert app.config["TESTING"] is True
+    assert app.config["SQLALCHEMY_ENGINES"] == {{"default": {url!r}, "other": "sqlite://"}}
+    assert client.post("/items/x").json == {{"count": 1}}
+
+
+def test_rolled_back(client):
+    assert client.post("/items/y").json == {{"count": 1}}
 """
 
 TESTS = {"flask": FLASK_TESTS, "flask_async": FLASK_ASYNC_TESTS, "quart": QUART_TESTS}
