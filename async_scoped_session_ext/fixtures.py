@@ -94,10 +94,22 @@ def make_app(spec: str, config: t.Mapping[str, t.Any]) -> App:
         app = t.cast("App", target)
         _apply(app, config)
         return app
-    if _takes_argument(target):
-        return t.cast("App", target(dict(config)))
-    app = t.cast("App", target())
-    _apply(app, config)
+    if not callable(target):
+        raise pytest.UsageError(
+            f"asse_app = {spec!r} names a {type(target).__name__}, neither a Flask or Quart app"
+            " nor a factory. Name the app ('package.module:app') or the function that makes"
+            " it ('package.module:create_app')."
+        )
+    takes_config = _takes_argument(target)
+    made = target(dict(config)) if takes_config else target()
+    if not hasattr(made, "extensions"):
+        raise pytest.UsageError(
+            f"asse_app = {spec!r} names a factory that returned a {type(made).__name__}, not a"
+            " Flask or Quart app. Make it return the app."
+        )
+    app = t.cast("App", made)
+    if not takes_config:
+        _apply(app, config)
     return app
 
 

@@ -252,21 +252,24 @@ def test_asse_app_naming_an_app_or_an_unreadable_factory(
     assert rows_and_other_connections(url) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an asse_app naming neither an app nor a callable (here a dict) fails with a"
-    " bare \"TypeError: 'dict' object is not callable\" from make_app, not an error naming"
-    " the asse_app value and its fix as for an unimportable one",
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("settings", "*asse_app = 'app_variants:settings' names a dict, neither a Flask*"),
+        ("make_settings", "*asse_app = 'app_variants:make_settings' names a factory that*"),
+    ],
 )
-def test_asse_app_naming_neither_app_nor_factory(project: pytest.Pytester) -> None:
-    """An ``asse_app`` naming something that is neither an app nor a factory says so, naming
-    the option's value, as an unimportable one does."""
+def test_asse_app_naming_neither_app_nor_factory(
+    project: pytest.Pytester, name: str, message: str
+) -> None:
+    """An ``asse_app`` naming something that is neither an app nor a factory, or a factory of
+    something else, is a usage error naming the option's value, as an unimportable one is."""
     project.makepyfile(app_variants=APP_VARIANTS)
-    project.makeini(BASE_INI + "asse_app = app_variants:settings\n")
+    project.makeini(BASE_INI + f"asse_app = app_variants:{name}\n")
     project.makepyfile(test_x="def test_x(app):\n    pass\n")
     result = project.runpytest("-p", "no:cacheprovider")
     assert result.ret != 0
-    result.stdout.fnmatch_lines(["*asse_app = 'app_variants:settings'*"])
+    result.stdout.fnmatch_lines([message])
 
 
 def test_fixtures_without_the_plugin_options(

@@ -225,7 +225,7 @@ async def test_after_the_failure(client, async_db_session):
 """
 
 # The other things ``asse_app`` may name: the app itself, a factory whose signature
-# cannot be read, and (a mistake) neither.
+# cannot be read, and (mistakes) neither, or a factory of something else.
 APP_VARIANTS = """
 import functools
 import itertools
@@ -236,6 +236,10 @@ app = create_flask({"SQLALCHEMY_ENGINES": {"default": "sqlite://", "other": "sql
 # A C-implemented callable, whose signature inspect cannot read (as a compiled factory's).
 unreadable = functools.partial(next, itertools.repeat(app))
 settings = {"SQLALCHEMY_ENGINES": {}}  # neither an app nor a factory
+
+
+def make_settings():  # a factory that does not return an app
+    return settings
 """
 
 VARIANT_TESTS = """
