@@ -162,10 +162,12 @@ def register(app: App, scoped: ScopedLike, *, named: bool = True) -> AppState:
 
 
 def unregister(app: App, scoped: ScopedLike) -> None:
-    """Detach an ``EngineRegistry``'s *scoped* from *app* (none of its sessions is open)."""
-    state = get_state(app)
-    if state is not None:
-        state.scoped = tuple(existing for existing in state.scoped if existing is not scoped)
+    """Detach an ``EngineRegistry``'s *scoped* from *app* (none of its sessions is open).
+
+    *app* has its state: the registry's ``init_app`` made it, and nothing removes it.
+    """
+    state = ensure_state(app)
+    state.scoped = tuple(existing for existing in state.scoped if existing is not scoped)
 
 
 def is_initialised(app: App, scoped: ScopedLike) -> bool:
