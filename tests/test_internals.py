@@ -7,17 +7,23 @@ If one of these tests fails on a new release, the internal changed: the library'
 from __future__ import annotations
 
 import contextvars
+import subprocess
+import sys
+import textwrap
 import typing as t
 
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.ext.asyncio import async_scoped_session as sa_async_scoped_session
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from async_scoped_session_ext import async_scoped_session, flask_scoped_session
+from async_scoped_session_ext._app import get_state
 from async_scoped_session_ext._teardown import has_changes
 
-from .support.environment import needs_quart
+from .support.environment import child_environ, needs_quart
 from .support.models import Base, Todo
 
 
@@ -113,3 +119,64 @@ def test_select_for_update_arg_marks_locking_reads() -> None:
     """``Select._for_update_arg`` is set by ``with_for_update()`` only (replicas)."""
     assert select(Todo)._for_update_arg is None
     assert select(Todo).with_for_update()._for_update_arg is not None
+
+
+# --- the framework adapters (_frameworks) off the frameworks' own paths -----------------------
+
+
+def test_without_flask_or_quart_imported_there_is_no_app_context() -> None:
+    """In a process that never imported Flask or Quart (a worker or script that uses the
+    models before any app exists), the adapters find no app context without importing a
+    framework to look, and the scoped session says how to push one."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import sessionmaker
+        from async_scoped_session_ext import flask_scoped_session
+
+        scoped = flask_scoped_session(sessionmaker(bind=create_engine("sqlite://")))
+        try:
+            scoped()
+        except RuntimeError as error:
+            print(str(error).splitlines()[0])
+        print([name for name in ("flask", "quart") if name in sys.modules])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_environ("error"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines() == ["Working outside of application context.", "[]"]
+
+
+def test_flask_pushed_signal_sent_outside_a_context_is_ignored() -> None:
+    """Flask sends ``appcontext_pushed`` once the context is current; if other code sends
+    it with no context pushed, the library's receiver does nothing (and raises nothing)."""
+    from flask.signals import appcontext_pushed
+
+    app = Flask(__name__)
+    flask_scoped_session(sessionmaker(bind=create_engine("sqlite://")), app)
+    results = appcontext_pushed.send(app, _async_wrapper=app.ensure_sync)
+    assert [value for _, value in results] == [None]
+
+
+@needs_quart
+async def test_quart_signals_sent_outside_a_context_are_ignored() -> None:
+    """Quart sends ``appcontext_pushed`` and ``got_request_exception`` in a context; if
+    other code sends them with none pushed, the library's receivers do nothing: no context
+    is marked failed."""
+    from quart import Quart
+    from quart.signals import appcontext_pushed, got_request_exception
+
+    app = Quart(__name__)
+    async_scoped_session(async_sessionmaker(create_async_engine("sqlite+aiosqlite://")), app)
+    await appcontext_pushed.send_async(app, _sync_wrapper=app.ensure_async)  # type: ignore[arg-type]
+    error = LookupError("sent by hand")
+    await got_request_exception.send_async(app, _sync_wrapper=app.ensure_async, exception=error)  # type: ignore[arg-type]
+    state = get_state(app)
+    assert state is not None and len(state.failed) == 0

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, insert, select, text
 from sqlalchemy.exc import InvalidRequestError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 
 from .support.environment import HAS_QUART, needs_quart
+from .support.models import Todo
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart
@@ -216,3 +222,46 @@ def test_async_query_property(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"await session\.scalars"):
         async_scoped_session(async_sessionmaker(engine)).query_property()
     asyncio.run(engine.dispose())
+
+
+async def test_sync_session_in_async_code_without_the_app_says_what_is_missing(
+    sqlite_url: str,
+) -> None:
+    """In async code (a loop runs) outside any app context, or in the context of an app the
+    session was never initialised on, the sync-in-async check stands aside: the error is
+    the one naming what is missing (push a context, call init_app), not "would block"."""
+    engine = create_engine(sqlite_url)
+    scoped = flask_scoped_session(sessionmaker(bind=engine), Flask(__name__))
+    try:
+        with pytest.raises(RuntimeError, match=r"with app\.app_context\(\)"):
+            scoped.execute(text("select 1"))
+        with Flask("another").app_context():
+            with pytest.raises(RuntimeError, match=r"Did you forget to call 'init_app\(app\)'"):
+                scoped.execute(text("select 1"))
+    finally:
+        engine.dispose()
+
+
+@needs_quart
+async def test_session_method_that_uses_the_scoped_session_is_not_concurrent_use(
+    async_engine: AsyncEngine,
+) -> None:
+    """A session method that itself goes through the scoped session (a commit that writes
+    an audit row with ``current_session``) runs in the same task: it is not reported as
+    concurrent use, and the session is free for another task once the outer call returns."""
+
+    class AuditedSession(AsyncSession):
+        async def commit(self) -> None:
+            await current_session.execute(insert(Todo).values(title="audit"))  # re-entrant
+            await super().commit()
+
+    app = Quart(__name__)
+    scoped = async_scoped_session(async_sessionmaker(async_engine, class_=AuditedSession), app)
+
+    async def titles() -> list[str]:
+        return sorted((await scoped.scalars(select(Todo.title))).all())
+
+    async with app.app_context():
+        scoped.add(Todo(title="work"))
+        await scoped.commit()
+        assert await asyncio.create_task(titles()) == ["audit", "work"]
