@@ -34,6 +34,11 @@ async def complete(future: asyncio.Future[_T]) -> _T:
             if future.cancelled():
                 raise
             cancelled = error
+        except Exception:
+            if cancelled is None:
+                raise
+            # The future failed after the caller was cancelled: logged below, and the
+            # cancellation re-raised, so that the hang-up is not lost.
     if cancelled is not None:
         if future.exception() is not None:
             logger.error(

@@ -41,6 +41,9 @@ def loop_running() -> bool:
 class LoopRunner:
     """Runs coroutines on one event loop in a daemon thread, started lazily per process."""
 
+    #: Seconds :meth:`stop` waits for each engine's disposal, then for the loop to stop.
+    stop_timeout = 10.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +116,12 @@ class LoopRunner:
         if self.is_loop_thread():
             coro.close()
             raise RuntimeError(DEADLOCK_MESSAGE)
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            loop = self.loop
+        except BaseException:  # the loop could not start: the coroutine will never run
+            coro.close()
+            raise
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result()
         except BaseException:
@@ -147,8 +155,8 @@ class LoopRunner:
     def stop(self) -> None:
         """Dispose the registered engines on the loop, then stop and close it."""
         with self._lock:
-            loop, thread = self._loop, self._thread
-            if loop is None or self._pid != os.getpid():
+            loop, thread = self._loop, self._thread  # set together by _start()
+            if loop is None or thread is None or self._pid != os.getpid():
                 return
             if loop.is_running():
                 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -157,12 +165,11 @@ class LoopRunner:
                     engine = AsyncEngine(core)
                     future = asyncio.run_coroutine_threadsafe(engine.dispose(), loop)
                     try:
-                        future.result(timeout=10)
+                        future.result(timeout=self.stop_timeout)
                     except (Exception, concurrent.futures.TimeoutError):
                         logger.exception("Disposing %r at shutdown failed.", engine)
                 loop.call_soon_threadsafe(loop.stop)
-            if thread is not None:
-                thread.join(timeout=10)
+            thread.join(timeout=self.stop_timeout)
             if not loop.is_running():
                 loop.close()
             self._loop = self._thread = None

@@ -152,25 +152,10 @@ def test_loop_shutdown_cancelling_the_close_terminates_the_connection(
 
 # --- a close that fails while its caller is cancelled ------------------------------------------
 
-_SWALLOWED = (
-    "BUG: complete() drops the caller's cancellation when the close it waits for fails"
-    " after the cancellation arrived: the second 'await asyncio.shield(future)' raises the"
-    " close's error, which escapes complete(); close_all() logs it as an ordinary failure and"
-    " the request task ends normally instead of cancelled."
-)
-
 
 @needs_quart
 @pytest.mark.postgres
-@pytest.mark.parametrize(
-    "hang_up",
-    [
-        "as-the-rollback-fails",
-        pytest.param(
-            "before-the-rollback-fails", marks=pytest.mark.xfail(strict=True, reason=_SWALLOWED)
-        ),
-    ],
-)
+@pytest.mark.parametrize("hang_up", ["as-the-rollback-fails", "before-the-rollback-fails"])
 async def test_close_failing_under_a_hang_up_is_logged_then_the_cancellation_raised(
     proxy: FaultProxy, app_name: str, caplog: pytest.LogCaptureFixture, hang_up: str
 ) -> None:
