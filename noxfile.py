@@ -36,12 +36,21 @@ COVERAGE_FLOORS = {"lines": 97.0, "branches": 95.0}
 def coverage(session: nox.Session) -> None:
     """Run the suite under coverage, child interpreters and forks included; report per module;
     fail below ``COVERAGE_FLOORS`` for lines or branches of the package."""
-    session.install(EXTRAS, "coverage>=7.10", *nox.project.dependency_groups(PYPROJECT, "test"))
+    # Editable: every process the tests start, wherever its working directory, imports the
+    # package from the checkout, the one coverage measures.
+    session.install(
+        "-e", EXTRAS, "coverage>=7.10", *nox.project.dependency_groups(PYPROJECT, "test")
+    )
     session.run("coverage", "erase")
     # 'coverage run', not pytest-cov: the plugin's pytest11 entry point imports the package
     # before pytest-cov would start measuring. pyproject.toml's [tool.coverage.run] patches
     # subprocess, fork and os._exit, so servers, at-exit scripts and forked workers count.
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    # An absolute data file: a child started in another directory (pytester's inner runs)
+    # still writes its data beside ours, for 'coverage combine'.
+    data_file = str(Path(".coverage").resolve())
+    session.run(
+        "coverage", "run", "-m", "pytest", *session.posargs, env={"COVERAGE_FILE": data_file}
+    )
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
     report = Path(session.create_tmp()) / "coverage.json"
