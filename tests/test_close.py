@@ -9,7 +9,6 @@ failed with its cause, and leaves no connection checked out and no backend open.
 from __future__ import annotations
 
 import asyncio
-import collections.abc as cabc
 import contextlib
 import logging
 import threading
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from async_scoped_session_ext import EngineRegistry, async_scoped_session
 from async_scoped_session_ext._close import _GRACE
 
+from .support import faultproxy
 from .support.databases import connect_admin, postgres_url, require_postgres
 from .support.environment import HAS_QUART, needs_quart
 from .support.faultproxy import FaultProxy
@@ -44,19 +44,13 @@ ASYNCPG_GRACEFUL_CLOSE = 2.0  # seconds SQLAlchemy lets asyncpg close a connecti
 # --- helpers ---------------------------------------------------------------------------------
 
 
+proxy = faultproxy.proxy  # the fixture
+
+
 @pytest.fixture
 def app_name() -> str:
     """A PostgreSQL application_name unique to the test, to find its backends."""
     return f"asse-close-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def proxy() -> cabc.Iterator[FaultProxy]:
-    """A fault proxy in front of the test PostgreSQL server."""
-    require_postgres()
-    target = make_url(postgres_url("asyncpg"))
-    with FaultProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-        yield proxy
 
 
 def engine_through(proxy: FaultProxy, app_name: str) -> AsyncEngine:

@@ -7,8 +7,6 @@ If one of these tests fails on a new release, the internal changed: the library'
 from __future__ import annotations
 
 import contextvars
-import subprocess
-import sys
 import textwrap
 import typing as t
 
@@ -23,8 +21,9 @@ from async_scoped_session_ext import async_scoped_session, flask_scoped_session
 from async_scoped_session_ext._app import get_state
 from async_scoped_session_ext._teardown import has_changes
 
-from .support.environment import child_environ, needs_quart
+from .support.environment import needs_quart
 from .support.models import Base, Todo
+from .support.scripts import run_script
 
 
 def test_flask_cv_app_holds_the_current_app_context() -> None:
@@ -143,15 +142,8 @@ def test_without_flask_or_quart_imported_there_is_no_app_context() -> None:
         print([name for name in ("flask", "quart") if name in sys.modules])
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_environ("error"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert result.stdout.splitlines() == ["Working outside of application context.", "[]"]
+    stdout = run_script(script)
+    assert stdout.splitlines() == ["Working outside of application context.", "[]"]
 
 
 def test_flask_pushed_signal_sent_outside_a_context_is_ignored() -> None:

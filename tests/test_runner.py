@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -25,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from async_scoped_session_ext._runner import LoopRunner
 
 from .support.databases import postgres_url, require_postgres
-from .support.environment import child_environ
+from .support.scripts import run_script
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
 
@@ -177,23 +175,6 @@ def test_shared_runner_restarts_after_a_real_fork() -> None:
     assert runner.run(_thread_id()) == parent_thread
 
 
-def run_to_exit(script: str) -> str:
-    """Run *script* in a new interpreter (warnings are errors) to its exit; its stdout.
-
-    It must exit with 0 and write nothing to stderr: disposing at exit is silent.
-    """
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_environ("error"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return result.stdout
-
-
 def test_engines_are_disposed_at_exit() -> None:
     """At interpreter exit the shared loop disposes the engines of Flask apps."""
     require_postgres()
@@ -217,7 +198,7 @@ def test_engines_are_disposed_at_exit() -> None:
         """
     )
     started = time.monotonic()
-    stdout = run_to_exit(script)
+    stdout = run_script(script)
     assert "response 1" in stdout
     assert "pool closed a connection" in stdout, "the engine was not disposed at exit"
     assert time.monotonic() - started < 60
@@ -258,7 +239,7 @@ def test_replica_engines_are_disposed_at_exit() -> None:
         print("response", app.test_client().get("/").text)
         """
     )
-    stdout = run_to_exit(script)
+    stdout = run_script(script)
     assert "response 1" in stdout
     assert "primary closed a connection" in stdout
     assert "replica closed a connection" in stdout, "the replica was not disposed at exit"
@@ -429,7 +410,7 @@ _NO_DESCRIPTORS = textwrap.dedent(
 @functools.cache
 def _start_without_file_descriptors() -> dict[str, t.Any]:
     """What a new interpreter saw when its runner's loop could not start (run once)."""
-    return t.cast(dict[str, t.Any], json.loads(run_to_exit(_NO_DESCRIPTORS)))
+    return t.cast(dict[str, t.Any], json.loads(run_script(_NO_DESCRIPTORS)))
 
 
 #: What asyncio itself reports of a loop that failed half-built (CPython 3.11's

@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import (
 
 from async_scoped_session_ext import async_scoped_session
 
+from . import faultproxy
 from .databases import postgres_url, require_postgres
 from .faultproxy import FaultProxy
 
@@ -62,14 +63,7 @@ LIBRARY_LOGGER = "async_scoped_session_ext"
 
 # --- fixtures ------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def proxy() -> cabc.Iterator[FaultProxy]:
-    """A fault proxy in front of the test database's server."""
-    require_postgres()
-    target = make_url(postgres_url("asyncpg"))
-    with FaultProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-        yield proxy
+proxy = faultproxy.proxy  # a fault proxy in front of the test database's server
 
 
 @pytest.fixture

@@ -21,12 +21,18 @@ twice that); beyond that, TCP flow control pushes back on the sender.
 from __future__ import annotations
 
 import asyncio
+import collections.abc as cabc
 import concurrent.futures
 import contextlib
 import socket
 import struct
 import threading
 import typing as t
+
+import pytest
+from sqlalchemy import make_url
+
+from .databases import postgres_url, require_postgres
 
 if t.TYPE_CHECKING:
     from types import TracebackType
@@ -291,3 +297,12 @@ class FaultProxy:
                 await writer.drain()
             except OSError:
                 return
+
+
+@pytest.fixture
+def proxy() -> cabc.Iterator[FaultProxy]:
+    """A fault proxy in front of the test database's server (a fixture)."""
+    require_postgres()
+    target = make_url(postgres_url("asyncpg"))
+    with FaultProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        yield proxy
