@@ -12,7 +12,15 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 
 from .support.databases import database_url
 from .support.environment import HAS_QUART, RUN_WARNINGS, needs_quart
-from .support.plugin_project import APP_MODULE, APP_VARIANTS, BASE_INI, INI, TESTS, VARIANT_TESTS
+from .support.plugin_project import (
+    APP_MODULE,
+    APP_VARIANTS,
+    BASE_INI,
+    INI,
+    OWN_APP_TESTS,
+    TESTS,
+    VARIANT_TESTS,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -155,15 +163,7 @@ def test_own_app_fixture_with_pytest_plugins(project: pytest.Pytester, tmp_path:
             return create_flask({{"SQLALCHEMY_ENGINES": {{"default": {url!r}}}}})
         """
     )
-    project.makepyfile(
-        test_own="""
-        def test_first(client):
-            assert client.post("/items/x").json == {"count": 1}
-
-        def test_second(client):
-            assert client.post("/items/y").json == {"count": 1}
-        """
-    )
+    project.makepyfile(test_own=OWN_APP_TESTS)
     project.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
     assert rows_and_other_connections(url) == (0, 0)
 
@@ -295,15 +295,7 @@ def test_fixtures_without_the_plugin_options(
             return create_flask({{**app_config, "SQLALCHEMY_ENGINES": {{"default": {url!r}}}}})
         """
     )
-    project.makepyfile(
-        test_own="""
-        def test_first(client):
-            assert client.post("/items/x").json == {"count": 1}
-
-        def test_second(client):
-            assert client.post("/items/y").json == {"count": 1}
-        """
-    )
+    project.makepyfile(test_own=OWN_APP_TESTS)
     result = project.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert "asyncio: mode" not in result.stdout.str()  # autoloading was off: no pytest-asyncio

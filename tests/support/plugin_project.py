@@ -274,3 +274,12 @@ asse_app = app_under_test:create_{kind}
 {url_option} = {url}
 """
 )
+
+# Two tests through the project's own ``app`` fixture: each starts from an empty table.
+OWN_APP_TESTS = """
+def test_first(client):
+    assert client.post("/items/x").json == {"count": 1}
+
+def test_second(client):
+    assert client.post("/items/y").json == {"count": 1}
+"""
