@@ -111,7 +111,8 @@ def test_context_collected_after_its_loop_closed_drops_the_close(tmp_path: Path)
     loop was closed: the library warns of the missed teardown, and as its sessions cannot be
     closed on a closed loop, it drops their close (never leaving a coroutine unawaited) and
     leaves the connection to SQLAlchemy, which terminates it, or drops it where the dialect
-    cannot (warning as it does for every connection left to the garbage collector). Nothing stays checked out or registered."""
+    cannot (warning as it does for every connection left to the garbage collector). Nothing
+    stays checked out or registered."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'closed.db'}")
     app = Quart(__name__)
     scoped = async_scoped_session(async_sessionmaker(engine), app)
