@@ -35,6 +35,8 @@ class AppState:
     engines: AppEngines
     #: Every scoped session initialised on the app; replaced, never changed, on (un)register.
     scoped: tuple[ScopedLike, ...] = ()
+    #: The same as a set, for the membership test on each new session.
+    members: frozenset[ScopedLike] = frozenset()
     #: The named sync scoped sessions: each teardown calls their ``remove()``.
     removers: tuple[ScopedLike, ...] = ()
     sync_default: ScopedLike | None = None
@@ -66,6 +68,8 @@ class AppState:
         running in this thread (Quart and Flask async views), the sync one otherwise (sync
         views, including Quart's, which run in a worker thread).
         """
+        if self.async_default is None:  # a sync app: the common path, no call
+            return self.sync_default
         return _pick(self.sync_default, self.async_default)
 
     def session_named(self, name: str) -> ScopedLike | None:
@@ -139,13 +143,14 @@ def register(app: App, scoped: ScopedLike, *, named: bool = True) -> AppState:
     down as usual, but it is never the app's default nor found by ``get_scoped_session``.
     """
     state = ensure_state(app)
-    if any(existing is scoped for existing in state.scoped):
+    if scoped in state.members:
         raise RuntimeError(
             f"This {type(scoped).__name__} is already initialised on {app!r}. 'init_app'"
             " must be called once per app: pass the app to the constructor or call"
             " 'init_app(app)', not both, and call it only once in your app factory."
         )
     state.scoped = (*state.scoped, scoped)
+    state.members = frozenset(state.scoped)
     if not named:
         state.unnamed.add(scoped)
         return state
@@ -168,12 +173,13 @@ def unregister(app: App, scoped: ScopedLike) -> None:
     """
     state = ensure_state(app)
     state.scoped = tuple(existing for existing in state.scoped if existing is not scoped)
+    state.members = frozenset(state.scoped)
 
 
 def is_initialised(app: App, scoped: ScopedLike) -> bool:
     """Whether *scoped* was initialised on *app*."""
     state = get_state(app)
-    return state is not None and any(existing is scoped for existing in state.scoped)
+    return state is not None and scoped in state.members
 
 
 _overridden_apps = 0

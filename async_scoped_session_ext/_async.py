@@ -16,6 +16,7 @@ from ._close import close_all, close_to_completion
 from ._context import ContextRegistry, record_of
 from ._frameworks import current_app_context
 from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
+from ._misuse import check_async_access
 from ._runner import loop_running, runner
 
 if t.TYPE_CHECKING:
@@ -56,6 +57,7 @@ class async_scoped_session(
     """
 
     is_async: t.ClassVar[bool] = True
+    _check_access = staticmethod(check_async_access)
     registry: ContextRegistry[_AS]
 
     def __init__(

@@ -12,7 +12,7 @@ from ._context import ContextRegistry
 from ._current import shell_context
 from ._engines import adopt
 from ._frameworks import current_app_context
-from ._misuse import check_async_access, check_factory, check_new_scope, check_sync_access
+from ._misuse import check_factory, check_new_scope
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -64,7 +64,7 @@ class ScopedBase(t.Generic[_F, _Session]):
             self.init_app(app)
 
     def _create(self) -> t.Any:
-        return self.session_factory()
+        return session_factory_for(self)()
 
     @property
     def session_factory(self) -> _F:
@@ -101,12 +101,13 @@ class ScopedBase(t.Generic[_F, _Session]):
     def _init_app(self, app: App, state: AppState) -> None:
         """What a kind of scoped session adds to :meth:`init_app`."""
 
-    def _check_access(self) -> None:
-        """Raise if a session may not be used here (sync in async code, a foreign loop)."""
-        if self.is_async:
-            check_async_access()
-        else:
-            check_sync_access()
+    @staticmethod
+    def _check_access() -> None:
+        """Raise if a session may not be used here (sync in async code, a foreign loop).
+
+        Each kind sets its own check from ``_misuse``: one call on every session access.
+        """
+        raise NotImplementedError
 
     def __call__(self, **kw: t.Any) -> _Session:
         """The current context's session (made on first use; with *kw*, made with them)."""

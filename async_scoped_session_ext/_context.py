@@ -13,6 +13,7 @@ its record.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import typing as t
 import warnings
 import weakref
@@ -39,11 +40,11 @@ set up an app context using 'with app.app_context()' (Flask) or
 
 TORN_DOWN_MESSAGE = (
     "The app context {ctx!r} is torn down (or being torn down), but this code still runs in it"
-    " and asks for a new session, which nothing would ever close. Either a task started with"
-    " asyncio.gather() or asyncio.create_task() (or a thread) outlives its request, or a"
-    " function runs after the library's teardown (a teardown function registered to run"
-    " after it). Give such code a session of its own: 'async with scoped.fresh() as"
-    " session:' (or 'with scoped.fresh() as session:')."
+    " and asks for a new session, which nothing would ever close: a task started with"
+    " asyncio.gather() or asyncio.create_task() (or a thread) outlives its request, or the"
+    " context object was pushed again in another thread or task. Give such code a session"
+    " of its own: 'async with scoped.fresh() as session:' (or 'with scoped.fresh() as"
+    " session:'), or push a new app context there."
 )
 
 
@@ -62,8 +63,8 @@ class ContextRecord:
     def __init__(self, context: AppContextLike) -> None:
         #: Each scoped session's registry, with the session it opened in this context.
         self.sessions: dict[ContextRegistry[t.Any], t.Any] = {}
-        #: Set by the teardown, cleared when the context is pushed again (Flask 3.1's
-        #: ``stream_with_context`` does that after the teardown).
+        #: Set by the teardown; cleared when the context, pushed again where it was torn
+        #: down (Flask 3.1's ``stream_with_context`` does that), opens a session.
         self.torn_down = False
         #: The event loop the context's async sessions run on (to close them after a
         #: missed teardown).
@@ -78,7 +79,7 @@ class ContextRecord:
             if only_async and not registry.owner.is_async:
                 continue
             taken.append((registry.owner, self.sessions.pop(registry)))
-            registry.holders.discard(self)
+            registry.holders.discard(id(self))
         return taken
 
     def holds(self, scoped: ScopedLike) -> bool:
@@ -106,6 +107,26 @@ def ensure_record(ctx: AppContextLike) -> ContextRecord:
     return record
 
 
+#: The app context last torn down in this ``contextvars`` context (thread or task), weakly.
+#: Only there may that app context be pushed again and open sessions; a copy of the request's
+#: variables made before the teardown (a task or thread outliving the request) never has it.
+_torn_down_here: contextvars.ContextVar[weakref.ref[AppContextLike] | None] = (
+    contextvars.ContextVar("async_scoped_session_ext.torn_down_here", default=None)
+)
+
+
+def mark_torn_down(record: ContextRecord, ctx: AppContextLike) -> None:
+    """*ctx* is being torn down: refuse new sessions, except after a push where it ended."""
+    record.torn_down = True
+    _torn_down_here.set(weakref.ref(ctx))
+
+
+def _pushed_again_here(ctx: AppContextLike) -> bool:
+    """Whether torn-down *ctx* is current where it was torn down: so it was pushed again."""
+    mark = _torn_down_here.get()
+    return mark is not None and mark() is ctx
+
+
 class ContextRegistry(ScopedRegistry[_T]):
     """One scoped session's sessions, each kept in the record of the context it belongs to.
 
@@ -119,7 +140,7 @@ class ContextRegistry(ScopedRegistry[_T]):
     owner: ScopedLike
     current: t.Callable[[], AppContextLike | None]
     on_new_scope: t.Callable[[AppContextLike], None]
-    holders: weakref.WeakSet[ContextRecord]
+    holders: set[int]
 
     def __init__(
         self,
@@ -132,9 +153,9 @@ class ContextRegistry(ScopedRegistry[_T]):
         self.owner = owner
         self.current = current
         self.on_new_scope = on_new_scope
-        #: The records that hold a session of this registry (weakly: a record goes with its
-        #: context).
-        self.holders = weakref.WeakSet()
+        #: The ids of the records that hold a session of this registry (ids, not the records:
+        #: a record goes with its context, and is taken out before it is gone).
+        self.holders = set()
 
     def _scope(self) -> AppContextLike:
         ctx = self.current()
@@ -158,12 +179,14 @@ class ContextRegistry(ScopedRegistry[_T]):
         self.on_new_scope(ctx)
         record = ensure_record(ctx)
         if record.torn_down:
-            raise RuntimeError(TORN_DOWN_MESSAGE.format(ctx=ctx))
+            if not _pushed_again_here(ctx):
+                raise RuntimeError(TORN_DOWN_MESSAGE.format(ctx=ctx))
+            record.torn_down = False
         session = self.createfunc() if given is None else given
         if self.owner.is_async and record.loop is None:
             record.loop = asyncio.get_running_loop()  # async sessions are made in async code
         stored: _T = record.sessions.setdefault(self, session)
-        self.holders.add(record)
+        self.holders.add(id(record))
         return stored
 
     def has(self) -> bool:
@@ -187,19 +210,12 @@ class ContextRegistry(ScopedRegistry[_T]):
         if record is None:
             return None
         session: _T | None = record.sessions.pop(self, None)
-        self.holders.discard(record)
+        self.holders.discard(id(record))
         return session
 
     def __len__(self) -> int:
         """How many contexts hold a session of this registry now."""
         return len(self.holders)
-
-
-def reopen(ctx: AppContextLike) -> None:
-    """*ctx* is pushed (again): it may open sessions, even after an earlier teardown."""
-    record = record_of(ctx)
-    if record is not None:
-        record.torn_down = False
 
 
 # -- a context that went away without its teardown ------------------------------------------

@@ -14,7 +14,6 @@ import typing as t
 import weakref
 
 from ._close import close_all, close_sync_then_async, complete
-from ._context import reopen
 from ._runner import runner
 from ._teardown import end_context, remove_then_take
 
@@ -83,7 +82,7 @@ class FlaskFramework:
         return has_request_context()
 
     def install(self, app: App, hooks: AppHooks) -> None:
-        from flask.signals import appcontext_pushed, appcontext_tearing_down
+        from flask.signals import appcontext_tearing_down
 
         def teardown(sender: App, exc: BaseException | None = None, **kwargs: object) -> None:
             ctx = current_app_context()  # Flask runs its teardowns in the ending context
@@ -94,13 +93,7 @@ class FlaskFramework:
             if pending is not None:  # only an app with async sessions gets here
                 runner.run_soon(pending)
 
-        def pushed(sender: App, **kwargs: object) -> None:
-            ctx = current_app_context()
-            if ctx is not None:
-                reopen(ctx)
-
         appcontext_tearing_down.connect(teardown, app, weak=False)
-        appcontext_pushed.connect(pushed, app, weak=False)
 
 
 class QuartFramework:
@@ -115,7 +108,6 @@ class QuartFramework:
 
     def install(self, app: App, hooks: AppHooks) -> None:
         from quart.signals import (
-            appcontext_pushed,
             appcontext_tearing_down,
             got_request_exception,
             got_websocket_exception,
@@ -138,11 +130,6 @@ class QuartFramework:
             finally:
                 await close_all([*removing.result(), *record.take()])
 
-        async def pushed(sender: App, **kwargs: object) -> None:
-            ctx = current_app_context()
-            if ctx is not None:
-                reopen(ctx)
-
         # Quart hands its teardowns exc=None once an error handler made a response of
         # the exception: remember which contexts failed.
         async def mark_failed(sender: App, **kwargs: object) -> None:
@@ -151,7 +138,6 @@ class QuartFramework:
                 hooks.failed.add(ctx)
 
         appcontext_tearing_down.connect(teardown, app, weak=False)
-        appcontext_pushed.connect(pushed, app, weak=False)
         got_request_exception.connect(mark_failed, app, weak=False)
         got_websocket_exception.connect(mark_failed, app, weak=False)
 

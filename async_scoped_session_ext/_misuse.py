@@ -9,11 +9,12 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from ._app import NOT_INITIALISED, get_state, is_initialised
+from ._app import EXTENSION_KEY, NOT_INITIALISED, get_state
 from ._frameworks import current_app_context
 from ._runner import runner
 
 if t.TYPE_CHECKING:
+    from ._app import AppState
     from ._context import AppContextLike
     from ._types import ScopedLike
 
@@ -49,7 +50,9 @@ _SYNC_IN_ASYNC = (
 
 def check_new_scope(scoped: ScopedLike, ctx: AppContextLike) -> None:
     """Refuse to open a session in an app that would never close it."""
-    if not is_initialised(ctx.app, scoped):
+    # Inline, not is_initialised(): this runs for every new session.
+    state: AppState | None = ctx.app.extensions.get(EXTENSION_KEY)
+    if state is None or scoped not in state.members:
         raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
 
 

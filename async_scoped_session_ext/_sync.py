@@ -11,6 +11,7 @@ from typing_extensions import TypeVar
 from ._base import ScopedBase
 from ._context import ContextRegistry
 from ._frameworks import current_app_context
+from ._misuse import check_sync_access
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -37,6 +38,7 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
     """
 
     is_async: t.ClassVar[bool] = False
+    _check_access = staticmethod(check_sync_access)
     registry: ContextRegistry[_S]
 
     def __init__(

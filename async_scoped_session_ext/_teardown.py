@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing as t
 
 from ._close import log_failure, logger
-from ._context import ContextRecord, ensure_record
+from ._context import ContextRecord, ensure_record, mark_torn_down
 
 if t.TYPE_CHECKING:
     from ._context import AppContextLike
@@ -20,15 +20,17 @@ if t.TYPE_CHECKING:
 def end_context(ctx: AppContextLike, *, failed: bool) -> ContextRecord:
     """Mark *ctx* torn down and warn of changes never committed; return its record.
 
-    From now on the context refuses new sessions (until it is pushed again). The caller
-    then closes the sessions: :func:`remove_then_take`, then ``close_sync_then_async``
-    (Flask's sync teardown) or ``close_all`` (Quart's), from ``_close``.
+    From now on the context refuses new sessions, unless it is pushed again where it was
+    torn down. The caller then closes the sessions: :func:`remove_then_take`, then
+    ``close_sync_then_async`` (Flask's sync teardown) or ``close_all`` (Quart's), from
+    ``_close``.
     """
     record = ensure_record(ctx)  # also for a context without sessions: it must refuse them
-    record.torn_down = True
+    mark_torn_down(record, ctx)
     if not failed:  # after a failure, rolling back is what the caller expects
         for registry, session in list(record.sessions.items()):
-            _warn_if_uncommitted(registry.owner, session)
+            if has_changes(session):
+                _warn_uncommitted(registry.owner, session)
     return record
 
 
@@ -58,14 +60,13 @@ def has_changes(session: t.Any) -> bool:
     return bool(session.new or session.dirty or session.deleted)
 
 
-def _warn_if_uncommitted(scoped: ScopedLike, session: t.Any) -> None:
-    if has_changes(session):
-        logger.warning(
-            "The session of %r is torn down with changes that were never committed"
-            " (%d new, %d changed, %d deleted objects); they are discarded. Call"
-            " commit() before the request ends, or expunge() what you do not mean to save.",
-            scoped,
-            len(session.new),
-            len(session.dirty),
-            len(session.deleted),
-        )
+def _warn_uncommitted(scoped: ScopedLike, session: t.Any) -> None:
+    logger.warning(
+        "The session of %r is torn down with changes that were never committed"
+        " (%d new, %d changed, %d deleted objects); they are discarded. Call"
+        " commit() before the request ends, or expunge() what you do not mean to save.",
+        scoped,
+        len(session.new),
+        len(session.dirty),
+        len(session.deleted),
+    )

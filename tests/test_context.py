@@ -138,3 +138,28 @@ def test_context_collected_after_its_loop_closed_drops_the_close(tmp_path: Path)
         assert len(scoped.registry) == 0
     finally:
         asyncio.run(engine.dispose())
+
+
+def test_context_pushed_again_where_it_was_torn_down_opens_a_new_session(tmp_path: Path) -> None:
+    """An app context object pushed again after its teardown, in the thread (``contextvars``
+    context) where it was torn down, gets a new session, closed at its next teardown (Flask
+    3.1's ``stream_with_context`` does this). A copy of the context's variables taken before
+    the teardown (a thread or task outliving the request) is refused, as tested in
+    ``test_teardown.py``."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'again.db'}")
+    app = Flask(__name__)
+    scoped = flask_scoped_session(sessionmaker(engine), app)
+    ctx = app.app_context()
+    try:
+        with ctx:
+            first = scoped()
+            first.execute(text("select 1"))
+        with ctx:  # the same object, pushed again here
+            second = scoped()
+            assert second is not first
+            assert second.execute(text("select 1")).scalar() == 1
+            assert len(scoped.registry) == 1
+        assert len(scoped.registry) == 0
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()

@@ -15,9 +15,9 @@ from flask import Flask
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.ext.asyncio import async_scoped_session as sa_async_scoped_session
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session
 
-from async_scoped_session_ext import async_scoped_session, flask_scoped_session
+from async_scoped_session_ext import async_scoped_session
 from async_scoped_session_ext._app import get_state
 from async_scoped_session_ext._teardown import has_changes
 
@@ -146,28 +146,15 @@ def test_without_flask_or_quart_imported_there_is_no_app_context() -> None:
     assert stdout.splitlines() == ["Working outside of application context.", "[]"]
 
 
-def test_flask_pushed_signal_sent_outside_a_context_is_ignored() -> None:
-    """Flask sends ``appcontext_pushed`` once the context is current; if other code sends
-    it with no context pushed, the library's receiver does nothing (and raises nothing)."""
-    from flask.signals import appcontext_pushed
-
-    app = Flask(__name__)
-    flask_scoped_session(sessionmaker(bind=create_engine("sqlite://")), app)
-    results = appcontext_pushed.send(app, _async_wrapper=app.ensure_sync)
-    assert [value for _, value in results] == [None]
-
-
 @needs_quart
 async def test_quart_signals_sent_outside_a_context_are_ignored() -> None:
-    """Quart sends ``appcontext_pushed`` and ``got_request_exception`` in a context; if
-    other code sends them with none pushed, the library's receivers do nothing: no context
-    is marked failed."""
+    """Quart sends ``got_request_exception`` in a context; if other code sends it with
+    none pushed, the library's receiver does nothing: no context is marked failed."""
     from quart import Quart
-    from quart.signals import appcontext_pushed, got_request_exception
+    from quart.signals import got_request_exception
 
     app = Quart(__name__)
     async_scoped_session(async_sessionmaker(create_async_engine("sqlite+aiosqlite://")), app)
-    await appcontext_pushed.send_async(app, _sync_wrapper=app.ensure_async)  # type: ignore[arg-type]
     error = LookupError("sent by hand")
     await got_request_exception.send_async(app, _sync_wrapper=app.ensure_async, exception=error)  # type: ignore[arg-type]
     state = get_state(app)
