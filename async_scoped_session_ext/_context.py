@@ -1,9 +1,12 @@
 """The core: each app context's record of the sessions it opened, and its registry.
 
-Records are kept in a :class:`weakref.WeakKeyDictionary` keyed by the context object (not
-its ``g``, which Quart's context copies share; not its ``id()``, which is reused): a context
-that is never torn down takes its record with it when it is garbage-collected, and its
-sessions are then closed, with a ``ResourceWarning`` that names the missed teardown. For
+Records are kept by the context object (not its ``g``, which Quart's context copies
+share), in a dictionary keyed by its ``id()`` beside a weak reference to it, whose callback
+drops the entry when the context is gone, before its ``id()`` can be reused: as a
+:class:`weakref.WeakKeyDictionary` would, with one dictionary lookup per session access
+instead of a Python call. A context that is never torn down takes its record with it when
+it is garbage-collected, and its sessions are then closed, with a ``ResourceWarning`` that
+names the missed teardown. For
 that, nothing in a record may reach back to its context: async engines open their
 connections outside the request's context variables (``_connect``). Framework-free: the
 adapters (``_frameworks``) find the current context, and the teardown (``_teardown``) ends
@@ -91,20 +94,32 @@ class ContextRecord:
             _reclaim(self)
 
 
-_records: weakref.WeakKeyDictionary[AppContextLike, ContextRecord] = weakref.WeakKeyDictionary()
+_Entry: t.TypeAlias = "tuple[weakref.ref[AppContextLike], ContextRecord]"
+#: Each app context's record, by the context's ``id()``, beside a weak reference to it.
+_records: dict[int, _Entry] = {}
 
 
 def record_of(ctx: AppContextLike) -> ContextRecord | None:
     """The record of *ctx*, or ``None`` if it has none yet."""
-    return _records.get(ctx)
+    entry = _records.get(id(ctx))
+    return entry[1] if entry is not None and entry[0]() is ctx else None
 
 
 def ensure_record(ctx: AppContextLike) -> ContextRecord:
     """The record of *ctx*, made on first use."""
-    record = _records.get(ctx)
-    if record is None:
-        record = _records.setdefault(ctx, ContextRecord(ctx))
-    return record
+    entry = _records.get(id(ctx))
+    if entry is not None and entry[0]() is ctx:
+        return entry[1]
+    key = id(ctx)
+    made: _Entry = (weakref.ref(ctx, lambda ref: _forget(key, ref)), ContextRecord(ctx))
+    return _records.setdefault(key, made)[1]  # another thread may have made it first
+
+
+def _forget(key: int, ref: weakref.ref[AppContextLike]) -> None:
+    """The context of *ref* is gone: drop its entry (its record then closes what is left)."""
+    entry = _records.get(key)
+    if entry is not None and entry[0] is ref:
+        del _records[key]
 
 
 #: The app context last torn down in this ``contextvars`` context (thread or task), weakly.
@@ -167,9 +182,9 @@ class ContextRegistry(ScopedRegistry[_T]):
         ctx = self.current()
         if ctx is None:
             raise RuntimeError(NO_APP_CONTEXT_MESSAGE)
-        record = _records.get(ctx)
-        if record is not None:
-            session: _T | None = record.sessions.get(self)
+        entry = _records.get(id(ctx))
+        if entry is not None and entry[0]() is ctx:
+            session: _T | None = entry[1].sessions.get(self)
             if session is not None:
                 return session
         return self._store(ctx, None)

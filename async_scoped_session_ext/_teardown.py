@@ -53,10 +53,11 @@ def remove_then_take(
 
 def has_changes(session: t.Any) -> bool:
     """Whether *session* (sync or async) holds new, changed or deleted objects not flushed."""
-    sync_session = getattr(session, "sync_session", session)
-    is_clean = getattr(sync_session, "_is_clean", None)  # SQLAlchemy's, builds no sets
+    # Looked up where they are (no failed attribute lookup: this runs at every teardown).
+    sync_session = vars(session).get("sync_session", session)  # an AsyncSession's
+    is_clean = getattr(type(sync_session), "_is_clean", None)  # SQLAlchemy's, builds no sets
     if is_clean is not None:
-        return not is_clean()
+        return not is_clean(sync_session)
     return bool(session.new or session.dirty or session.deleted)
 
 
