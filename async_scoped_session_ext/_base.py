@@ -118,7 +118,8 @@ class ScopedBase(t.Generic[_F, _Session]):
     def _proxied(self) -> _Session:
         # What SQLAlchemy's generated proxy methods call: checked on every use.
         self._check_access()
-        return t.cast(_Session, self.registry())
+        session: _Session = self.registry()  # no cast(): a call on every access
+        return session
 
     def close_session(self, session: t.Any) -> t.Coroutine[t.Any, t.Any, None] | None:
         """Close *session*: a sync one now (returns ``None``), an async one when awaited."""

@@ -61,7 +61,7 @@ class AppContextLike(t.Protocol):
 class ContextRecord:
     """The sessions one app context opened, and whether its teardown has begun."""
 
-    __slots__ = ("sessions", "torn_down", "loop", "app_name", "__weakref__")
+    __slots__ = ("sessions", "torn_down", "loop", "app", "__weakref__")
 
     def __init__(self, context: AppContextLike) -> None:
         #: Each scoped session's registry, with the session it opened in this context.
@@ -73,7 +73,7 @@ class ContextRecord:
         #: missed teardown).
         self.loop: asyncio.AbstractEventLoop | None = None
         #: For the warning after a missed teardown, when the context itself is gone.
-        self.app_name: str = getattr(context.app, "name", "?")
+        self.app: t.Any = context.app
 
     def take(self, *, only_async: bool = False) -> list[tuple[ScopedLike, t.Any]]:
         """Remove and return the sessions (only those of async scoped sessions, if asked)."""
@@ -244,8 +244,9 @@ def _reclaim(record: ContextRecord) -> None:
     owners = ", ".join(repr(scoped) for scoped, _ in taken)
     try:
         warnings.warn(
-            f"An app context of the app {record.app_name!r} was never torn down (pushed"
-            " without being popped, or a teardown function of the app raised before the"
+            f"An app context of the app {getattr(record.app, 'name', '?')!r} was never torn"
+            " down (pushed without being popped, or a teardown function of the app raised"
+            " before the"
             f" library's teardown ran), so its sessions of {owners} were left open; they"
             " are closed now that the context was garbage-collected. Pop"
             " every context you push: 'with app.app_context():' (Flask) or"

@@ -89,7 +89,8 @@ class FlaskFramework:
             if ctx is None:  # pragma: no cover - Flask always does
                 return
             record = end_context(ctx, failed=exc is not None)
-            pending = close_sync_then_async(remove_then_take(record, hooks.removers))
+            left = remove_then_take(record, hooks.removers)
+            pending = close_sync_then_async(left) if left else None
             if pending is not None:  # only an app with async sessions gets here
                 runner.run_soon(pending)
 
