@@ -12,6 +12,7 @@ import argparse
 import collections.abc as cabc
 import contextlib
 import importlib.metadata
+import os
 import re
 import statistics
 import sys
@@ -95,6 +96,12 @@ class LoadGroup:
         """``ours p99 ÷ name's p99`` in each round."""
         ours, other = self.targets[OURS].samples, self.targets[name].samples
         return [a.p99 / b.p99 for a, b in zip(ours, other, strict=True)]
+
+    def cpu_ratios(self, name: str) -> list[float]:
+        """``ours' server CPU per request ÷ name's`` in each round where both are known."""
+        ours, other = self.targets[OURS].samples, self.targets[name].samples
+        pairs = zip(ours, other, strict=True)
+        return [a.cpu / b.cpu for a, b in pairs if a.cpu is not None and b.cpu]
 
 
 def _unused(count: int) -> tuple[float, float]:
@@ -209,24 +216,27 @@ def _range(values: cabc.Sequence[float]) -> str:
 def table(loads: cabc.Sequence[LoadGroup]) -> list[str]:
     lines = [
         "| group | server | variant | req/s (rounds min–max) | p50 ms | p99 ms"
-        " | ours ÷ this req/s (min–max) | ours ÷ this p99 (min–max) | socket errors |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | ours ÷ this req/s (min–max) | ours ÷ this p99 (min–max) | server CPU µs/request"
+        " | socket errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for load in loads:
         group = load.group
         for name, target in load.targets.items():
             head = f"| {group.title} | {group.transport} | {name} |"
             if group.skipped:
-                lines.append(f"{head} skipped | | | | | |")
+                lines.append(f"{head} skipped | | | | | | |")
                 continue
             rates = [s.rate for s in target.samples]
             ratios = "—" if name == OURS else _range(group.round_ratios(name))
             p99s = "—" if name == OURS else _range(load.p99_ratios(name))
+            cpus = [s.cpu for s in target.samples if s.cpu is not None]
+            cpu = f"{statistics.median(cpus) * 1e6:,.0f}" if cpus else "—"
             lines.append(
                 f"{head} {statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) |"
                 f" {statistics.median(s.p50 for s in target.samples) * 1e3:.2f} |"
                 f" {statistics.median(s.p99 for s in target.samples) * 1e3:.2f} |"
-                f" {ratios} | {p99s} | {sum(s.socket_errors for s in target.samples)} |"
+                f" {ratios} | {p99s} | {cpu} | {sum(s.socket_errors for s in target.samples)} |"
             )
     return lines
 
@@ -250,10 +260,14 @@ class Goal:
         return self.measured <= self.bound if self.ceiling else self.measured >= self.bound
 
     def line(self) -> str:
-        miss = "" if self.met else f", {abs(self.measured - self.bound):.2f} off the goal"
+        low, high = min(self.ratios), max(self.ratios)
+        notes = [] if self.met else [f"{abs(self.measured - self.bound):.2f} off the goal"]
+        if low <= self.bound <= high:
+            notes.append("the rounds straddle the goal: within this run's noise")
         return (
             f"- {'met' if self.met else 'MISSED'}: {self.text} — {self.where}:"
-            f" {self.measured:.2f}× (rounds {min(self.ratios):.2f}–{max(self.ratios):.2f}){miss}"
+            f" {self.measured:.2f}× (rounds {low:.2f}–{high:.2f})"
+            + "".join(f"; {note}" for note in notes)
         )
 
 
@@ -279,13 +293,24 @@ def goals(load: LoadGroup) -> list[Goal]:
 
 
 def goals_lines(loads: cabc.Sequence[LoadGroup]) -> list[str]:
-    return [
+    """The goals, each met, missed or skipped; then the server CPU per request against the
+    same variants, which other programs on the machine disturb much less than req/s."""
+    lines = [
         f"- skipped: {goal.text} — {goal.where}: {load.group.skipped}"
         if load.group.skipped
         else goal.line()
         for load in loads
         for goal in goals(load)
     ]
+    for load in loads:
+        for name in load.group.goals if not load.group.skipped else ():
+            ratios = load.cpu_ratios(name)
+            if ratios:
+                lines.append(
+                    f"- for comparison: ours' server CPU per request ÷ {name}'s — {load.group.key}:"
+                    f" {_range(ratios)} (below 1: ours used less)"
+                )
+    return lines
 
 
 def warmup_section(loads: cabc.Sequence[LoadGroup]) -> list[str]:
@@ -327,9 +352,10 @@ def document(
         f" {args.warmup:g} s warm-up per variant, then {args.rounds} interleaved round(s) of"
         f" {args.duration:g} s per variant; run time {seconds:.0f} s.",
         "",
-        f"Machine: {report.machine_line(version)}; load average {load_averages[0]} at the"
-        f" start, {load_averages[1]} at the end. wrk runs on the same machine and competes with"
-        " the servers for its cores.",
+        f"Machine: {report.machine_line(version)}; load average (1, 5, 15 min)"
+        f" {load_averages[0]} at the start, {load_averages[1]} at the end. wrk runs on the same"
+        " machine and competes with the servers for its cores; their CPU time per request"
+        " hardly depends on that.",
         "",
         f"Versions: {report.versions()}, gunicorn {importlib.metadata.version('gunicorn')}.",
         "",
@@ -361,6 +387,14 @@ def document(
     ]
 
 
+def load_averages() -> str:
+    """The 1, 5 and 15 minute load averages: above the core count, programs waited for a CPU."""
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def parse_args(argv: cabc.Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s, 1 s warm-up")
@@ -385,7 +419,7 @@ def main(argv: cabc.Sequence[str] | None = None) -> int:
     if missing:
         print(f"bench.load skipped: {missing}", file=sys.stderr)
         return 1
-    start, load_average = time.perf_counter(), report.load_average()
+    start, started_load = time.perf_counter(), load_averages()
     with contextlib.ExitStack() as stack:
         dbs = stack.enter_context(databases(not args.no_postgres))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asse-load-")))
@@ -405,7 +439,7 @@ def main(argv: cabc.Sequence[str] | None = None) -> int:
             print(f"load benchmark failed: {error}", file=sys.stderr)
             return 1
         pg = (dbs.pg_version, note)
-    loads_seen = (load_average, report.load_average())
+    loads_seen = (started_load, load_averages())
     lines = document(args, loads, pg, time.perf_counter() - start, loads_seen)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines), encoding="utf-8")

@@ -84,6 +84,7 @@ class Sample:
     requests: int
     socket_errors: int  # connect, read, write errors and timeouts
     failed: int  # responses whose status was not 2xx or 3xx
+    cpu: float | None  # the server's CPU seconds per request (all its processes); None: unknown
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,27 @@ def log_tail(log: Path, lines: int = 20) -> str:
     """The last *lines* lines of a server's output."""
     text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def session_cpu(session: int) -> float | None:
+    """User + system CPU seconds of the live processes of *session*, threads included.
+
+    A server runs in its own session (its id is the server's pid), its workers with it. Read
+    from ``/proc``; None where there is none. Unlike req/s, this hardly moves when other
+    programs compete for the cores.
+    """
+    if not Path("/proc/self/stat").exists():
+        return None
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # After the command's ")": state, ppid, pgrp, session, ..., utime (11), stime (12).
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process has gone
+            continue
+        if int(fields[3]) == session:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wrk_missing() -> str:
@@ -126,7 +148,9 @@ def run_wrk(server: Server, path: str, seconds: float, connections: int, script:
         *("wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s"),
         *("--timeout", "10s", "-s", str(script), url),
     ]
+    cpu_before = session_cpu(server.process.pid)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    cpu_after = session_cpu(server.process.pid)
     line = next((x for x in done.stdout.splitlines() if x.startswith("ASSE_WRK ")), None)
     if done.returncode != 0 or line is None:
         raise BenchError(
@@ -146,6 +170,7 @@ def run_wrk(server: Server, path: str, seconds: float, connections: int, script:
         requests,
         connect + read + write + timeout,
         status,
+        None if cpu_after is None or cpu_before is None else (cpu_after - cpu_before) / requests,
     )
 
 
