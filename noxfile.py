@@ -142,6 +142,31 @@ def bench(session: nox.Session) -> None:
     """Benchmark ours against hand-written sessions and other extensions; write bench/results."""
     session.install(EXTRAS, *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("python", "-m", "bench", *session.posargs)
+    _bench_load(session)
+
+
+#: ``nox -s bench`` options that ``python -m bench.load`` takes too.
+BENCH_LOAD_OPTIONS = ("--quick", "--no-postgres")
+
+
+def _bench_load(session: nox.Session) -> None:
+    """Run ``python -m bench.load`` (wrk against gunicorn and hypercorn) after the in-process
+    bench; install wrk with apt-get when it is missing and this is root, else say why not."""
+    if {"--no-wire", "--help", "-h"} & set(session.posargs):
+        session.log("bench.load skipped: --no-wire or --help")
+        return
+    if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        install = "apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)"
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run_install("sh", "-c", install, external=True, env=env, success_codes=range(256))
+    if shutil.which("wrk") is None:
+        session.warn(
+            "bench.load skipped: wrk is not installed; install it as root: apt-get install wrk"
+        )
+        return
+    session.install("gunicorn>=22.0")
+    options = [option for option in session.posargs if option in BENCH_LOAD_OPTIONS]
+    session.run("python", "-m", "bench.load", *options)
 
 
 @nox.session(default=False)
