@@ -97,6 +97,10 @@ class Group:
     skipped: str = ""  # why the group was not measured
     #: Minimum ``ours ÷ variant`` throughput ratio for variants with a goal.
     goals: dict[str, float] = field(default_factory=dict)
+    #: Maximum µs per request of ours over the variant, for variants with such a goal.
+    limits_us: dict[str, float] = field(default_factory=dict)
+    #: Requests a variant sends per turn (its whole round's when that is more).
+    turn: int = SLICE
 
     @property
     def key(self) -> str:
@@ -105,29 +109,49 @@ class Group:
     def variant(self, name: str) -> Variant | None:
         return next((v for v in self.variants if v.name == name), None)
 
-    def round_ratios(self, name: str) -> list[float]:
-        """``ours ÷ name`` throughput in each round (both measured in the same round)."""
-        ours, other = self.variant(OURS), self.variant(name)
-        if ours is None or other is None:
-            raise KeyError(name)
-        return [b / a for a, b in zip(ours.seconds, other.seconds, strict=True)]
+    def _pair(self, name: str, base: str) -> tuple[Variant, Variant]:
+        first, other = self.variant(base), self.variant(name)
+        if first is None or other is None:
+            raise KeyError(name if other is None else base)
+        return first, other
 
-    def ratio(self, name: str) -> float:
-        """``ours ÷ name`` throughput: the median of the per-round ratios."""
-        return statistics.median(self.round_ratios(name))
+    def round_ratios(self, name: str, base: str = OURS) -> list[float]:
+        """``base ÷ name`` throughput in each round (both measured in the same round).
+
+        That is *name*'s time per request over *base*'s: above 1, *base* is faster.
+        """
+        first, other = self._pair(name, base)
+        return [b / a for a, b in zip(first.seconds, other.seconds, strict=True)]
+
+    def ratio(self, name: str, base: str = OURS) -> float:
+        """``base ÷ name`` throughput: the median of the per-round ratios."""
+        return statistics.median(self.round_ratios(name, base))
+
+    def round_differences(self, name: str, base: str = OURS, cpu: bool = False) -> list[float]:
+        """Seconds per request of *base* minus *name*'s, in each round (measured together).
+
+        Wall-clock seconds, or with *cpu* the process CPU seconds.
+        """
+        first, other = self._pair(name, base)
+        mine, theirs = (first.cpu, other.cpu) if cpu else (first.seconds, other.seconds)
+        return [a - b for a, b in zip(mine, theirs, strict=True)]
 
 
 def order(names: cabc.Sequence[str], index: int) -> list[str]:
-    """Turn *index*'s order: rotated by the turn, reversed every other turn."""
+    """Turn *index*'s order: reversed every other turn, rotated by one every two turns.
+
+    Over ``2 × len(names)`` turns each name comes first equally often, two names included
+    (``ab, ba, ba, ab``); three names go through all six orders.
+    """
     if not names:
         return []
-    shift = index % len(names)
+    shift = (index // 2) % len(names)
     rotated = [*names[shift:], *names[:shift]]
     return rotated[::-1] if index % 2 else rotated
 
 
 def run_group_round(group: Group, index: int) -> None:
-    """One round of *group*: its variants take turns of :data:`SLICE` requests each.
+    """One round of *group*: its variants take turns of ``group.turn`` requests each.
 
     The order changes every turn, so a slow spell of the machine hits every variant of the
     round alike. Each variant records its seconds per request for the round.
@@ -137,7 +161,7 @@ def run_group_round(group: Group, index: int) -> None:
     done = 0
     turn = index
     while done < group.requests:
-        count = min(SLICE, group.requests - done)
+        count = min(group.turn, group.requests - done)
         for name in order([v.name for v in group.variants], turn):
             variant = group.variant(name)
             if variant is not None:

@@ -1,4 +1,4 @@
-"""Run every benchmark group interleaved, then write ``results.md`` and ``chart.png``.
+"""Run every benchmark group interleaved, then the scalings; write ``results.md``, ``chart.png``.
 
 ``python -m bench --help`` (from the repository root) or ``python3 -m nox -s bench``.
 """
@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .db import databases, postgres_url, shown
 from .drivers import http_client
 from .groups import Backends, Context, build_groups
 from .measure import BenchError, Group, run_rounds
+from .scaling import CONTEXTS, ENGINES, FLAT, build_scaling
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,6 +37,7 @@ def parse_args(argv: cabc.Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="warm-up requests per variant (30; --quick: 10)")
     parser.add_argument("--no-wire", action="store_true", help="in-process groups only")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL groups")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling groups")
     parser.add_argument("--only", metavar="TEXT", help="only groups whose name contains TEXT")
     parser.add_argument(
         "--out",
@@ -67,16 +70,25 @@ def backends_lines(backends: cabc.Sequence[Backends]) -> list[str]:
     return lines
 
 
+@dataclass
+class Measured:
+    """What :func:`measure` returns: the groups, the scalings and what the run saw."""
+
+    groups: list[Group]
+    scaling: list[Group]
+    backends: list[str]
+    pg_version: str
+    pg_note: str
+
+
 def document(
     args: argparse.Namespace,
-    groups: cabc.Sequence[Group],
+    measured: Measured,
     costs: cabc.Sequence[access.AccessCost],
-    backends: list[str],
-    pg_version: str,
-    pg_note: str,
     seconds: float,
     loads: tuple[str, str],
 ) -> list[str]:
+    groups = measured.groups
     goals = report.goal_results(groups)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = " (--quick)" if args.quick else ""
@@ -87,24 +99,38 @@ def document(
         f" {args.rounds} interleaved rounds, {args.warmup} warm-up requests per variant,"
         f" sequential requests; run time {seconds:.0f} s.",
         "",
-        f"Machine: {report.machine_line(pg_version)}; load average {loads[0]} at the start,"
-        f" {loads[1]} at the end.",
+        f"Machine: {report.machine_line(measured.pg_version)}; load average {loads[0]} at the"
+        f" start, {loads[1]} at the end.",
         "",
         f"Versions: {report.versions()}.",
         "",
     ]
-    if pg_note:
-        lines += [f"PostgreSQL: {pg_note}.", ""]
+    if measured.pg_note:
+        lines += [f"PostgreSQL: {measured.pg_note}.", ""]
+    if groups:
+        lines += [
+            "## Requests",
+            "",
+            "Median time per request over the rounds, req/s at that median, and how many times"
+            " ours' throughput is this variant's (above 1: ours is faster). The SQLite views"
+            " run `select 1` (the cheapest query, so the session handling is most of the"
+            " database cost); the PostgreSQL views select one row by primary key.",
+            "",
+            *report.variants_table(groups),
+            "",
+            report.noise_line(groups),
+            "",
+            "## Per-request overhead: ours − hand-written",
+            "",
+            "Ours' time per request minus hand-written's in each round (both measured in the"
+            " same round): the median over the rounds, and the lowest and highest round. The"
+            " last column is the same difference in process CPU time (median over the rounds),"
+            " which other programs on the machine disturb less.",
+            "",
+            *report.hand_table(groups),
+            "",
+        ]
     lines += [
-        "## Requests",
-        "",
-        "Median time per request over the rounds, req/s at that median, and how many times"
-        " ours' throughput is this variant's (above 1: ours is faster).",
-        "",
-        *report.variants_table(groups),
-        "",
-        report.noise_line(groups),
-        "",
         "## Goals",
         "",
         *report.goals_lines(groups, goals, costs),
@@ -115,18 +141,39 @@ def document(
         "",
         *report.access_table(costs),
         "",
-        "## Per-request overhead over the no-database floor",
-        "",
-        *report.overhead_table(groups),
-        "",
     ]
-    if backends:
-        lines += ["## Flask async: PostgreSQL connections used", "", *backends, ""]
+    if groups:
+        lines += [
+            "## Per-request overhead over the no-database floor",
+            "",
+            *report.overhead_table(groups),
+            "",
+        ]
+    if measured.scaling:
+        lines += [
+            "## Scaling",
+            "",
+            f"Ours alone, in-process, with N = {', '.join(f'{n:,}' for n in ENGINES)} engines"
+            " in an `EngineRegistry` on the app (each used once), and with the request's own"
+            f" app context alone (N = 1) or beside N = {CONTEXTS:,} other live app contexts"
+            " of the app, each holding its session (pushed before that row's turns, popped"
+            " before the other's). Median time per request over the rounds and its range;"
+            " each row's time over the first row's, per round. Flat: the largest row at most"
+            f" {FLAT:g}× the first (median of the per-round ratios), or no slower than it in"
+            " some round (the difference is within the noise).",
+            "",
+            *report.scaling_table(measured.scaling),
+            "",
+            *report.scaling_lines(measured.scaling),
+            "",
+        ]
+    if measured.backends:
+        lines += ["## Flask async: PostgreSQL connections used", "", *measured.backends, ""]
     return lines
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Group], list[str], str, str]:
-    """Run the groups; return them, the backend lines, the server version and a PG note."""
+def measure(args: argparse.Namespace) -> Measured:
+    """Run the groups, then the scalings, each set in its own interleaved rounds."""
     with contextlib.ExitStack() as stack:
         dbs = stack.enter_context(databases(not args.no_postgres))
         runner = stack.enter_context(asyncio.Runner())
@@ -136,7 +183,13 @@ def measure(args: argparse.Namespace) -> tuple[list[Group], list[str], str, str]
         note = dbs.pg_skipped or f"{shown(postgres_url())}, table {dbs.table.name}"
         print(f"{len(groups)} groups; PostgreSQL: {note}", flush=True)
         run_rounds(groups, args.rounds, args.warmup)
-        return groups, backends_lines(ctx.backends), dbs.pg_version, note
+        # After the groups, so that none of them runs beside the scalings' engines and
+        # contexts; their own rounds interleave their rows.
+        scaling = [] if args.no_scaling else build_scaling(ctx, only=args.only)
+        if scaling:
+            print(f"{len(scaling)} scaling groups", flush=True)
+            run_rounds(scaling, args.rounds, args.warmup)
+        return Measured(groups, scaling, backends_lines(ctx.backends), dbs.pg_version, note)
 
 
 def main(argv: cabc.Sequence[str] | None = None) -> int:
@@ -144,18 +197,19 @@ def main(argv: cabc.Sequence[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     start, load = time.perf_counter(), report.load_average()
     try:
-        groups, backends, pg_version, note = measure(args)
+        measured = measure(args)
     except (BenchError, httpx.HTTPError) as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
     costs = access.measure_all(number=10_000 if args.quick else 20_000, repeat=25)
     seconds = time.perf_counter() - start
     loads = (load, report.load_average())
-    lines = document(args, groups, costs, backends, pg_version, note, seconds, loads)
+    lines = document(args, measured, costs, seconds, loads)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text("\n".join(lines), encoding="utf-8")
     written = [args.out / "results.md"]
-    if write_chart(groups, args.out / "chart.png", report.machine_line(pg_version)):
+    charted = [*measured.groups, *measured.scaling]
+    if write_chart(charted, args.out / "chart.png", report.machine_line(measured.pg_version)):
         written.append(args.out / "chart.png")
     print("\n".join(lines))
     print("written:", ", ".join(str(path) for path in written))
