@@ -44,9 +44,9 @@ from . import quart_apps, sync_flask
 from .drivers import asgi_hit, wsgi_call
 from .groups import (
     IN_PROCESS,
-    QUART_SQLITE,
+    QUART_SQLITE_ONE,
     SELECT_ONE_BODY,
-    SYNC_SQLITE,
+    SYNC_SQLITE_ONE,
     Context,
     dispose_on,
     select_one,
@@ -64,7 +64,7 @@ FLAT = 1.05
 BY_ENGINES = "registry engines"
 BY_CONTEXTS = "live app contexts"
 #: Requests per row per round at ``--scale 1``, by framework title.
-REQUESTS = {SYNC_SQLITE: 300, QUART_SQLITE: 200}
+REQUESTS = {SYNC_SQLITE_ONE: 300, QUART_SQLITE_ONE: 200}
 
 
 def title(framework: str, dimension: str) -> str:
@@ -129,7 +129,7 @@ def sync_engines_group(ctx: Context, url: str) -> Group:
             _keys(registry, count)
         return hit
 
-    return _engines_group(ctx, SYNC_SQLITE, make_row)
+    return _engines_group(ctx, SYNC_SQLITE_ONE, make_row)
 
 
 async def _touch(app: Quart, registry: EngineRegistry, count: int) -> None:
@@ -152,7 +152,7 @@ def quart_engines_group(ctx: Context, url: str) -> Group:
         ctx.runner.run(_touch(app, registry, count))
         return hit
 
-    return _engines_group(ctx, QUART_SQLITE, make_row)
+    return _engines_group(ctx, QUART_SQLITE_ONE, make_row)
 
 
 # --- live app contexts ------------------------------------------------------------------
@@ -249,24 +249,26 @@ def _contexts_group(ctx: Context, framework: str, hit: Hit, push_all: PushAll) -
 
 def sync_contexts_group(ctx: Context, url: str) -> Group:
     """Ours on sync Flask, with 1 or 10,000 live app contexts."""
-    app, hit = sync_ours(ctx, url, title(SYNC_SQLITE, BY_CONTEXTS))
-    return _contexts_group(ctx, SYNC_SQLITE, hit, lambda: push_flask(app, CONTEXTS))
+    app, hit = sync_ours(ctx, url, title(SYNC_SQLITE_ONE, BY_CONTEXTS))
+    return _contexts_group(ctx, SYNC_SQLITE_ONE, hit, lambda: push_flask(app, CONTEXTS))
 
 
 def quart_contexts_group(ctx: Context, url: str) -> Group:
     """Ours on Quart, with 1 or 10,000 live app contexts."""
-    app, hit = quart_ours(ctx, url, title(QUART_SQLITE, BY_CONTEXTS))
-    return _contexts_group(ctx, QUART_SQLITE, hit, lambda: push_quart(ctx.runner, app, CONTEXTS))
+    app, hit = quart_ours(ctx, url, title(QUART_SQLITE_ONE, BY_CONTEXTS))
+    return _contexts_group(
+        ctx, QUART_SQLITE_ONE, hit, lambda: push_quart(ctx.runner, app, CONTEXTS)
+    )
 
 
 def build_scaling(ctx: Context, only: str | None = None) -> list[Group]:
     """The four scaling groups (those whose name contains *only*, if given)."""
     sync_url, quart_url = ctx.dbs.sqlite(), ctx.dbs.sqlite("aiosqlite")
     plan: list[tuple[str, cabc.Callable[[], Group]]] = [
-        (title(SYNC_SQLITE, BY_ENGINES), lambda: sync_engines_group(ctx, sync_url)),
-        (title(SYNC_SQLITE, BY_CONTEXTS), lambda: sync_contexts_group(ctx, sync_url)),
-        (title(QUART_SQLITE, BY_ENGINES), lambda: quart_engines_group(ctx, quart_url)),
-        (title(QUART_SQLITE, BY_CONTEXTS), lambda: quart_contexts_group(ctx, quart_url)),
+        (title(SYNC_SQLITE_ONE, BY_ENGINES), lambda: sync_engines_group(ctx, sync_url)),
+        (title(SYNC_SQLITE_ONE, BY_CONTEXTS), lambda: sync_contexts_group(ctx, sync_url)),
+        (title(QUART_SQLITE_ONE, BY_ENGINES), lambda: quart_engines_group(ctx, quart_url)),
+        (title(QUART_SQLITE_ONE, BY_CONTEXTS), lambda: quart_contexts_group(ctx, quart_url)),
     ]
     return [build() for name, build in plan if wanted(f"{name} ({IN_PROCESS})", only)]
 
