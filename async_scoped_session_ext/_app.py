@@ -44,8 +44,6 @@ class AppState:
     #: Flask only: whether the app's async code runs on the library's shared loop; set
     #: once, by the first async scoped session (or async engine registry) initialised.
     shared_loop: bool | None = None
-    #: Quart only: contexts whose request or websocket raised.
-    failed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
     #: Scoped sessions reached only through an ``EngineRegistry``, never by name.
     unnamed: weakref.WeakSet[t.Any] = field(default_factory=weakref.WeakSet)
     #: Session factories that replace a scoped session's own in this app, while a test

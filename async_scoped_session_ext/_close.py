@@ -60,6 +60,11 @@ async def close_to_completion(
     first, within the same bound. A cancellation of the caller is re-raised once the close
     has finished.
     """
+    if busy is None and not session.in_transaction():
+        # It holds no connection, so its close does no I/O and never suspends: no task to
+        # shield it, no timer to bound it.
+        await session.close()
+        return
     await complete(asyncio.ensure_future(_bounded_close(session, timeout, busy)))
 
 
@@ -97,9 +102,10 @@ async def _close_within(session: AsyncSession, timeout: float) -> bool:
     def expire() -> None:
         expired.append(True)
         task.cancel()
+        if len(expired) == 1:  # the second timer only once the first has fired
+            timers.append(loop.call_later(_GRACE, expire))
 
     timers = [loop.call_later(max(timeout, 0), expire)]
-    timers.append(loop.call_later(max(timeout, 0) + _GRACE, expire))
     try:
         await session.close()
         return not expired  # a close that needed a cancellation counts as timed out

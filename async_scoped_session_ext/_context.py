@@ -61,7 +61,7 @@ class AppContextLike(t.Protocol):
 class ContextRecord:
     """The sessions one app context opened, and whether its teardown has begun."""
 
-    __slots__ = ("sessions", "torn_down", "loop", "app", "__weakref__")
+    __slots__ = ("sessions", "torn_down", "failed", "loop", "app", "__weakref__")
 
     def __init__(self, context: AppContextLike) -> None:
         #: Each scoped session's registry, with the session it opened in this context.
@@ -69,6 +69,9 @@ class ContextRecord:
         #: Set by the teardown; cleared when the context, pushed again where it was torn
         #: down (Flask 3.1's ``stream_with_context`` does that), opens a session.
         self.torn_down = False
+        #: Set when the context's request or websocket raised (Quart reports it by signal:
+        #: its teardown gets no exception once an error handler made a response).
+        self.failed = False
         #: The event loop the context's async sessions run on (to close them after a
         #: missed teardown).
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import typing as t
-import weakref
 
 from ._close import close_all, close_sync_then_async, complete
+from ._context import ensure_record
 from ._runner import runner
 from ._teardown import end_context, remove_then_take
 
@@ -26,10 +26,6 @@ if t.TYPE_CHECKING:
 
 class AppHooks(t.Protocol):
     """What a framework's teardown and signal receivers need of the app's state."""
-
-    @property
-    def failed(self) -> weakref.WeakSet[t.Any]:
-        """Contexts whose request or websocket raised (Quart reports them by signal)."""
 
     @property
     def removers(self) -> tuple[ScopedLike, ...]:
@@ -118,7 +114,7 @@ class QuartFramework:
             ctx = current_app_context()  # Quart runs its teardowns in the ending context
             if ctx is None:  # pragma: no cover - Quart always does
                 return
-            record = end_context(ctx, failed=exc is not None or ctx in hooks.failed)
+            record = end_context(ctx, failed=exc is not None)
             removers = [scoped for scoped in hooks.removers if record.holds(scoped)]
             if not removers:
                 await close_all(record.take())
@@ -136,7 +132,7 @@ class QuartFramework:
         async def mark_failed(sender: App, **kwargs: object) -> None:
             ctx = current_app_context()
             if ctx is not None:
-                hooks.failed.add(ctx)
+                ensure_record(ctx).failed = True
 
         appcontext_tearing_down.connect(teardown, app, weak=False)
         got_request_exception.connect(mark_failed, app, weak=False)

@@ -27,7 +27,7 @@ def end_context(ctx: AppContextLike, *, failed: bool) -> ContextRecord:
     """
     record = ensure_record(ctx)  # also for a context without sessions: it must refuse them
     mark_torn_down(record, ctx)
-    if not failed:  # after a failure, rolling back is what the caller expects
+    if not (failed or record.failed):  # after a failure, rolling back is what one expects
         for registry, session in list(record.sessions.items()):
             if has_changes(session):
                 _warn_uncommitted(registry.owner, session)

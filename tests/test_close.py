@@ -346,3 +346,37 @@ async def test_quart_teardown_closes_sync_sessions_in_a_thread_and_never_stops_h
         assert bind_of(healthy).pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await registry.aclose()
+
+
+# --- a session that holds no connection --------------------------------------------------------
+
+
+async def test_session_without_a_connection_is_closed_at_once_even_when_cancelled(
+    tmp_path: Path,
+) -> None:
+    """A session that never began a transaction holds no connection: its close does no I/O,
+    so it runs at once in the caller, with no task to shield and no timer to bound it. A
+    cancellation already pending in the caller does not stop it; the caller is cancelled
+    only when it next waits."""
+    from async_scoped_session_ext._close import close_to_completion
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'idle.db'}")
+    try:
+        session = async_sessionmaker(engine)()
+        closed: list[bool] = []
+
+        async def close_then_wait() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # pending: delivered at the next suspension
+            await close_to_completion(session, timeout=5)
+            closed.append(True)  # the close did not suspend, so no cancellation yet
+            await asyncio.sleep(0)
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(close_then_wait())
+        assert closed == [True]
+        assert not session.in_transaction() and len(session.identity_map) == 0
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()

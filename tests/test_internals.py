@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, scoped_session
 
 from async_scoped_session_ext import async_scoped_session
-from async_scoped_session_ext._app import get_state
+from async_scoped_session_ext._context import record_of
 from async_scoped_session_ext._teardown import has_changes
 
 from .support.environment import needs_quart
@@ -157,5 +157,5 @@ async def test_quart_signals_sent_outside_a_context_are_ignored() -> None:
     async_scoped_session(async_sessionmaker(create_async_engine("sqlite+aiosqlite://")), app)
     error = LookupError("sent by hand")
     await got_request_exception.send_async(app, _sync_wrapper=app.ensure_async, exception=error)  # type: ignore[arg-type]
-    state = get_state(app)
-    assert state is not None and len(state.failed) == 0
+    async with app.app_context() as ctx:  # a context pushed afterwards is not marked
+        assert record_of(ctx) is None
