@@ -6,11 +6,10 @@ drops the entry when the context is gone, before its ``id()`` can be reused: as 
 :class:`weakref.WeakKeyDictionary` would, with one dictionary lookup per session access
 instead of a Python call. A context that is never torn down takes its record with it when
 it is garbage-collected, and its sessions are then closed, with a ``ResourceWarning`` that
-names the missed teardown. For
-that, nothing in a record may reach back to its context: async engines open their
-connections outside the request's context variables (``_connect``). Framework-free: the
-adapters (``_frameworks``) find the current context, and the teardown (``_teardown``) ends
-its record.
+names the missed teardown. For that, nothing in a record may reach back to its context:
+async engines open their connections outside the request's context variables
+(``_connect``). Framework-free: the adapters (``_frameworks``) find the current context,
+and the teardown (``_teardown``) ends its record.
 """
 
 from __future__ import annotations
@@ -249,10 +248,9 @@ def _reclaim(record: ContextRecord) -> None:
         warnings.warn(
             f"An app context of the app {getattr(record.app, 'name', '?')!r} was never torn"
             " down (pushed without being popped, or a teardown function of the app raised"
-            " before the"
-            f" library's teardown ran), so its sessions of {owners} were left open; they"
-            " are closed now that the context was garbage-collected. Pop"
-            " every context you push: 'with app.app_context():' (Flask) or"
+            f" before the library's teardown ran), so its sessions of {owners} were left"
+            " open; they are closed now that the context was garbage-collected. Pop every"
+            " context you push: 'with app.app_context():' (Flask) or"
             " 'async with app.app_context():' (Quart).",
             ResourceWarning,
             stacklevel=1,
