@@ -109,12 +109,16 @@ def record_of(ctx: AppContextLike) -> ContextRecord | None:
 
 def ensure_record(ctx: AppContextLike) -> ContextRecord:
     """The record of *ctx*, made on first use."""
-    entry = _records.get(id(ctx))
+    key = id(ctx)
+    entry = _records.get(key)
     if entry is not None and entry[0]() is ctx:
         return entry[1]
-    key = id(ctx)
     made: _Entry = (weakref.ref(ctx, lambda ref: _forget(key, ref)), ContextRecord(ctx))
-    return _records.setdefault(key, made)[1]  # another thread may have made it first
+    if entry is None:
+        return _records.setdefault(key, made)[1]  # another thread may have made it first
+    # The entry of a context that is gone (its callback drops it first: this is a guard).
+    _records[key] = made
+    return made[1]
 
 
 def _forget(key: int, ref: weakref.ref[AppContextLike]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc as cabc
 import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,33 @@ def test_context_pushed_again_where_it_was_torn_down_opens_a_new_session(tmp_pat
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         engine.dispose()
+
+
+def test_an_entry_left_by_a_gone_context_is_never_handed_on() -> None:
+    """Records are kept by ``id()``, which a new object may reuse: an entry whose context is
+    gone is never taken for the new object's (the weak reference's callback drops it first;
+    were it still there, it is replaced)."""
+    from async_scoped_session_ext._context import (
+        AppContextLike,
+        _records,
+        ensure_record,
+        record_of,
+    )
+
+    class Context:
+        app = Flask(__name__)
+
+    gone = Context()
+    dead: weakref.ref[AppContextLike] = weakref.ref(gone)
+    stale = ensure_record(gone)
+    del gone  # the callback drops its entry
+    assert dead() is None and stale not in [entry[1] for entry in _records.values()]
+
+    ctx = Context()
+    _records[id(ctx)] = (dead, stale)  # as if the callback had not run
+    try:
+        assert record_of(ctx) is None
+        record = ensure_record(ctx)
+        assert record is not stale and record_of(ctx) is record
+    finally:
+        _records.pop(id(ctx), None)
