@@ -50,10 +50,11 @@ class AppState:
     #: isolates the app's database work in a transaction (``testing.isolate``).
     overrides: dict[t.Any, AnyFactory] = field(default_factory=dict)
 
-    @property
-    def is_quart(self) -> bool:
-        """Whether the app is a Quart app."""
-        return self.framework.is_quart
+    #: Whether the app is a Quart app (the framework's, copied: read on every access).
+    is_quart: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_quart = self.framework.is_quart
 
     def named_scoped(self) -> list[ScopedLike]:
         """The scoped sessions ``get_scoped_session`` may return."""

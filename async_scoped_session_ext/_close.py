@@ -95,7 +95,7 @@ async def _close_within(session: AsyncSession, timeout: float) -> bool:
     shielded close task): past the bound this task is cancelled, and once more after
     :data:`_GRACE` if the close is still going.
     """
-    task = t.cast("asyncio.Task[t.Any]", asyncio.current_task())  # always in a task here
+    task: asyncio.Task[t.Any] = asyncio.current_task()  # type: ignore[assignment]  # in a task
     loop = asyncio.get_running_loop()
     expired: list[bool] = []
 
@@ -176,7 +176,7 @@ async def close_all(taken: list[tuple[ScopedLike, t.Any]]) -> None:
     for scoped, session in taken:
         try:
             if scoped.is_async:
-                await t.cast("t.Awaitable[None]", scoped.close_session(session))
+                await scoped.close_session(session)  # type: ignore[misc]  # a coroutine
             else:  # in a worker thread: a slow close must not hold up the event loop
                 closing = asyncio.to_thread(scoped.close_session, session)
                 await complete(asyncio.ensure_future(closing))

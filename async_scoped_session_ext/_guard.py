@@ -61,35 +61,34 @@ def busy_elsewhere(session: AsyncSession) -> asyncio.Task[t.Any] | None:
     """The other, still running task that is inside an operation on *session*, if any.
 
     The claim is an attribute of the session itself: it is set and cleared around every
-    awaited operation, so it must cost next to nothing.
+    awaited operation, so it must cost next to nothing (read from the instance dictionary:
+    no failed attribute lookup before the first claim).
     """
-    owner: asyncio.Task[t.Any] | None = getattr(session, _OWNER, None)
+    owner: asyncio.Task[t.Any] | None = vars(session).get(_OWNER)
     if owner is None or owner.done() or owner is asyncio.current_task():
         return None
     return owner
 
 
-async def _claimed(session: AsyncSession, name: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
-    """Await ``session.<name>(*args, **kwargs)`` with *session* claimed by this task."""
-    task = asyncio.current_task()
-    owner = getattr(session, _OWNER, None)
-    if owner is task or task is None:  # re-entrant, or not in a task: nothing to claim
-        return await getattr(session, name)(*args, **kwargs)
-    if owner is not None and not owner.done():
-        raise RuntimeError(_CONCURRENT_USE.format(owner=owner))
-    setattr(session, _OWNER, task)
-    try:
-        return await getattr(session, name)(*args, **kwargs)
-    finally:
-        if getattr(session, _OWNER, None) is task:
-            setattr(session, _OWNER, None)
-
-
 def guarded(name: str) -> t.Callable[..., t.Awaitable[t.Any]]:
-    """A scoped-session method that awaits ``AsyncSession.<name>`` under a claim."""
+    """A scoped-session method that awaits ``AsyncSession.<name>`` with the session claimed
+    by the awaiting task, refusing another task's concurrent use."""
 
     async def method(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        return await _claimed(self._proxied, name, *args, **kwargs)
+        session = self._proxied
+        task = asyncio.current_task()
+        claims = vars(session)
+        owner = claims.get(_OWNER)
+        if owner is task or task is None:  # re-entrant, or not in a task: nothing to claim
+            return await getattr(session, name)(*args, **kwargs)
+        if owner is not None and not owner.done():
+            raise RuntimeError(_CONCURRENT_USE.format(owner=owner))
+        claims[_OWNER] = task
+        try:
+            return await getattr(session, name)(*args, **kwargs)
+        finally:
+            if claims.get(_OWNER) is task:
+                claims[_OWNER] = None
 
     method.__name__ = method.__qualname__ = name
     return method
