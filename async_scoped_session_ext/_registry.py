@@ -17,6 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from ._app import ensure_state, register, unregister, use_shared_loop
 from ._async import async_scoped_session
 from ._close import logger
+from ._disposal import LoopDisposals
 from ._engines import take_charge
 from ._frameworks import current_app_context
 from ._runner import runner
@@ -120,7 +121,7 @@ class EngineRegistry:
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._retired: list[_Entry] = []
         self._lock = threading.RLock()
-        self._disposals: set[asyncio.Task[None]] = set()
+        self._disposals = LoopDisposals()
         #: How many engines were made and disposed so far.
         self.created: int = 0
         self.disposed: int = 0
@@ -243,39 +244,12 @@ class EngineRegistry:
                 # A loop of the parent process never runs here: the engine's pool in this
                 # child is its own (see take_charge), with nothing of the parent's to close.
                 loop = entry.loop if entry.pid == os.getpid() else None
-                self._dispose_async(entry.engine, loop)
+                self._disposals.dispose(entry.engine, loop)
             else:
                 entry.engine.dispose()
             with self._lock:
                 self.disposed += 1
             logger.debug("Disposed the engine of %s (evicted).", entry.label)
-
-    def _dispose_async(self, engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Dispose *engine* on *loop*, without waiting for a loop in another thread."""
-        if loop is None:  # never used in async code, so it has no connection to close
-            engine.sync_engine.dispose()
-        elif loop is asyncio._get_running_loop():
-            self._start_disposal(engine)
-        elif loop.is_closed():
-            logger.warning(
-                "The event loop of an evicted async engine is closed; its pooled"
-                " connections are dropped without being closed."
-            )
-            engine.sync_engine.dispose(close=False)
-        else:  # the loop runs in another thread, or will run again
-            loop.call_soon_threadsafe(self._start_disposal, engine)
-
-    def _start_disposal(self, engine: AsyncEngine) -> None:
-        task = asyncio.get_running_loop().create_task(engine.dispose())
-        with self._lock:
-            self._disposals.add(task)
-        task.add_done_callback(self._disposal_done)
-
-    def _disposal_done(self, task: asyncio.Task[None]) -> None:
-        with self._lock:
-            self._disposals.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Disposing an evicted engine failed.", exc_info=task.exception())
 
     def reap(self) -> int:
         """Dispose what eviction left busy and is free now; return how many remain busy."""
@@ -300,8 +274,6 @@ class EngineRegistry:
     async def aclose(self) -> None:
         """:meth:`close`, then wait for the disposals it started on the running loop."""
         self.close()
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            pending = [task for task in self._disposals if task.get_loop() is loop]
+        pending = self._disposals.pending_on(asyncio.get_running_loop())
         if pending:
             await asyncio.wait(pending)
