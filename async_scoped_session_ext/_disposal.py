@@ -8,6 +8,7 @@ import threading
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._close import logger
+from ._runner import runner
 
 
 class LoopDisposals:
@@ -42,6 +43,8 @@ class LoopDisposals:
         with self._lock:
             self._tasks.add(task)
         task.add_done_callback(self._done)
+        if runner.owns_running_loop():  # the shared loop's shutdown waits for it
+            runner.keep(task)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         with self._lock:

@@ -131,11 +131,17 @@ class LoopRunner:
     def run_soon(self, coro: t.Coroutine[t.Any, t.Any, t.Any]) -> None:
         """Run *coro* on the loop without waiting; from the loop thread it becomes a task."""
         if self.is_loop_thread():
-            task = self.loop.create_task(coro)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.keep(self.loop.create_task(coro))
         else:
             self.run(coro)
+
+    def keep(self, task: asyncio.Task[t.Any]) -> None:
+        """Hold *task*, one of the loop's, until it is done; :meth:`stop` waits for it.
+
+        Call it from the loop's thread.
+        """
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def async_to_sync(
         self, func: t.Callable[..., t.Coroutine[t.Any, t.Any, _T]]
@@ -159,20 +165,49 @@ class LoopRunner:
             if loop is None or thread is None or self._pid != os.getpid():
                 return
             if loop.is_running():
-                from sqlalchemy.ext.asyncio import AsyncEngine
-
-                for core in list(self._engines):
-                    engine = AsyncEngine(core)
-                    future = asyncio.run_coroutine_threadsafe(engine.dispose(), loop)
-                    try:
-                        future.result(timeout=self.stop_timeout)
-                    except (Exception, concurrent.futures.TimeoutError):
-                        logger.exception("Disposing %r at shutdown failed.", engine)
+                cores = list(self._engines)
+                settled: concurrent.futures.Future[None] = concurrent.futures.Future()
+                loop.call_soon_threadsafe(self._start_settling, cores, settled)
+                try:
+                    settled.result(timeout=self.stop_timeout * (len(cores) + 1))
+                except concurrent.futures.TimeoutError:
+                    logger.error(
+                        "The shared event loop did not finish disposing its engines within"
+                        " %s s at shutdown: it is stuck in a blocking call, or a disposal"
+                        " hangs. It is stopped without waiting longer.",
+                        self.stop_timeout * (len(cores) + 1),
+                    )
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=self.stop_timeout)
             if not loop.is_running():
                 loop.close()
             self._loop = self._thread = None
+
+    def _start_settling(
+        self, cores: list[Engine], settled: concurrent.futures.Future[None]
+    ) -> None:
+        """On the loop: start :meth:`_settle`, or say at once that there is nothing to do."""
+        if not cores and not self._background:
+            settled.set_result(None)
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(cores))
+        task.add_done_callback(lambda _: settled.set_result(None))
+
+    async def _settle(self, cores: list[Engine]) -> None:
+        """Dispose the engines *cores* belong to, then wait for the tasks :meth:`keep` holds.
+
+        Each step waits ``stop_timeout`` at most; a failure is logged and the rest go on.
+        """
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        for core in cores:
+            engine = AsyncEngine(core)
+            try:
+                await asyncio.wait_for(engine.dispose(), self.stop_timeout)
+            except Exception:
+                logger.exception("Disposing %r at shutdown failed.", engine)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.stop_timeout)
 
     def _after_fork_in_child(self) -> None:
         # The parent's loop thread does not exist here, and its pooled connections belong

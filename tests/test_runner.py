@@ -307,6 +307,45 @@ def test_stop_logs_a_failing_disposal_and_still_disposes_the_rest(
     assert loop.is_closed() and not loop_runner.started
 
 
+def test_stop_waits_for_the_tasks_it_keeps(loop_runner: LoopRunner) -> None:
+    """At exit, a task the runner keeps (an evicted engine's disposal, a close started from
+    the loop) is finished before the loop stops, not destroyed while pending."""
+    finished: list[str] = []
+
+    async def slow_disposal() -> None:
+        await asyncio.sleep(0.3)
+        finished.append("disposed")
+
+    async def start() -> None:
+        loop_runner.keep(asyncio.get_running_loop().create_task(slow_disposal()))
+
+    loop_runner.run(start())
+    loop = loop_runner.loop
+    loop_runner.stop()
+    assert finished == ["disposed"]
+    assert loop.is_closed() and not loop_runner.started
+
+
+def test_stop_gives_up_on_a_kept_task_that_never_ends(
+    loop_runner: LoopRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kept task that never ends delays the loop's shutdown by ``stop_timeout`` at most;
+    the loop is still stopped and closed."""
+    loop_runner.stop_timeout = 0.3
+    never = asyncio.Event()
+
+    async def start() -> None:
+        loop_runner.keep(asyncio.get_running_loop().create_task(never.wait()))
+
+    loop_runner.run(start())
+    loop = loop_runner.loop
+    began = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):  # the task destroyed pending
+        loop_runner.stop()
+    assert time.monotonic() - began < 5
+    assert loop.is_closed() and not loop_runner.started
+
+
 def test_stop_after_other_code_stopped_the_loop_returns_at_once(
     loop_runner: LoopRunner, tmp_path: Path
 ) -> None:
