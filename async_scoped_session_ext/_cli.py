@@ -34,10 +34,13 @@ _Decorator: t.TypeAlias = t.Callable[[t.Callable[..., None]], click.Command]
 
 
 def add_cli(app: App) -> None:
-    """Add the ``db`` group to *app*'s CLI, named by ``SQLALCHEMY_CLI_GROUP`` (no group if
-    that is ``None`` or empty)."""
+    """Add the ``db`` group to *app*'s CLI, named by ``SQLALCHEMY_CLI_GROUP``.
+
+    No group if that is ``None`` or empty, nor if the app already has a command of that name
+    (Flask-Migrate's or Flask-Alembic's ``db``, registered first): it is never replaced.
+    """
     name = app.config.get(GROUP_KEY, "db")
-    if not name:
+    if not name or name in t.cast(click.Group, app.cli).commands:
         return
     # A Flask or Quart AppGroup: its groups' commands run in an app context.
     make_group = t.cast("t.Callable[[t.Callable[[], None]], click.Group]", app.cli.group(name))

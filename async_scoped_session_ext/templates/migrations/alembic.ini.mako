@@ -7,7 +7,12 @@
 # file_template = %%(rev)s_%%(slug)s
 
 [loggers]
-keys = root,sqlalchemy,alembic
+keys = root,sqlalchemy,alembic,async_scoped_session_ext
+
+[logger_async_scoped_session_ext]
+level = INFO
+handlers =
+qualname = async_scoped_session_ext.migrations
 
 [handlers]
 keys = console
