@@ -40,7 +40,7 @@ def add_cli(app: App) -> None:
     (Flask-Migrate's or Flask-Alembic's ``db``, registered first): it is never replaced.
     """
     name = app.config.get(GROUP_KEY, "db")
-    if not name or name in t.cast(click.Group, app.cli).commands:
+    if not name or name in app.cli.commands:
         return
     # A Flask or Quart AppGroup: its groups' commands run in an app context.
     make_group = t.cast("t.Callable[[t.Callable[[], None]], click.Group]", app.cli.group(name))

@@ -255,7 +255,7 @@ class AppEngines:
                 self._factories[key] = factory
             return factory
 
-    def engine(self, name: str, is_async: bool) -> AnyEngine:
+    def engine(self, name: str, is_async: bool) -> Engine | AsyncEngine:
         """The engine *name*, the one this app's session factories use, made on first use."""
         with self._lock:
             return self._engine(name, is_async)

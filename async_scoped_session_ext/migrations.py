@@ -15,7 +15,7 @@ import logging
 import sys
 import typing as t
 
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._accessors import engine_of
@@ -27,9 +27,9 @@ if t.TYPE_CHECKING:
     from alembic.config import Config
     from flask.sansio.app import App
 
-    from ._types import AnyEngine, ScopedLike
+    from ._types import ScopedLike
 
-logger = logging.getLogger("async_scoped_session_ext.migrations")
+logger: logging.Logger = logging.getLogger("async_scoped_session_ext.migrations")
 
 __all__ = ["Target", "engine_names", "run_migrations", "targets"]
 
@@ -48,7 +48,7 @@ class Target(t.NamedTuple):
     """One engine to migrate: its scoped sessions' name, the engine, the models' metadata."""
 
     name: str
-    engine: AnyEngine
+    engine: Engine | AsyncEngine
     metadata: MetaData | None
 
 
@@ -154,7 +154,7 @@ def _of(group: list[ScopedLike]) -> MetaData | None:
     return next(iter(given.values()), None)
 
 
-def run_on(engine: AnyEngine, work: t.Callable[[Connection], object]) -> None:
+def run_on(engine: Engine | AsyncEngine, work: t.Callable[[Connection], object]) -> None:
     """Call ``work(connection)`` on a connection of *engine* and commit, sync or async.
 
     An async engine is used on the library's shared loop (also from a Quart command, which

@@ -29,7 +29,7 @@ def test_config_engine_inside_and_outside_contexts(sync_backend: str, tmp_path: 
     scoped = flask_scoped_session(app=app)
     with disposing(app):
         engine = scoped.get_engine(app)  # outside any context: made now
-        assert isinstance(engine, Engine) and engines_of(app) == [engine]
+        assert type(engine) is Engine and engines_of(app) == [engine]
         with app.app_context():
             assert scoped.get_engine() is engine
             assert scoped.get_bind() is engine
@@ -52,7 +52,7 @@ def test_async_config_engine_runs_a_query(async_backend: str, tmp_path: Path) ->
 
     with disposing(app):
         engine = scoped.get_engine(app)
-        assert isinstance(engine, AsyncEngine) and engines_of(app) == [engine]
+        assert type(engine) is AsyncEngine and engines_of(app) == [engine]
         with app.test_request_context():
             assert scoped.get_engine() is engine
         assert runner.run(query(engine)) == 42

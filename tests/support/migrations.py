@@ -75,7 +75,7 @@ class Project:
     def invoke(self, *args: str, input: str | None = None) -> Result:
         """Run ``<app> db ARGS`` through the app's CLI runner (an app context per command)."""
         runner: CliRunner = self.app.test_cli_runner()  # type: ignore[attr-defined]
-        return runner.invoke(args=["db", *args], input=input)
+        return runner.invoke(self.app.cli, ["db", *args], input=input)
 
     def ok(self, *args: str) -> str:
         """Run ``db ARGS``; fail unless it succeeds; return its output."""
@@ -111,9 +111,7 @@ def make_app(framework: str, urls: dict[str, str], *, metadata: bool = True) -> 
 
 
 @contextlib.contextmanager
-def project(
-    framework: str, backend: str, count: int, tmp_path: Path
-) -> cabc.Iterator[Project]:
+def project(framework: str, backend: str, count: int, tmp_path: Path) -> cabc.Iterator[Project]:
     """A :func:`make_app` project on fresh databases, its engines disposed afterwards."""
     with engine_urls(backend, ENGINE_NAMES[count], tmp_path) as urls:
         made = make_app(framework, urls)
