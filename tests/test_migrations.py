@@ -19,7 +19,7 @@ def test_init_revision_upgrade_downgrade(
     framework: str, backend: str, count: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """init, revision --autogenerate and upgrade create each engine's table; downgrade drops."""
-    if framework == "quart":
+    if framework.startswith("quart"):
         pytest.importorskip("quart")
     monkeypatch.chdir(tmp_path)  # the default directory is ./migrations
     names = ENGINE_NAMES[count]
@@ -36,6 +36,8 @@ def test_init_revision_upgrade_downgrade(
             assert made.tables(name) == {"alembic_version", f"{name}_item"}
         assert made.ok("current") == "rev1 (head)\n" * count
         assert made.ok("history") == "<base> -> rev1 (head), first\n"
+        assert "Rev: rev1 (head)" in made.ok("history", "-r", "base:head", "-v")
+        assert made.ok("current", "-v").count("Rev: rev1 (head)") == count
         made.ok("downgrade")  # -1: to the base
         for name in names:
             assert made.tables(name) == {"alembic_version"}
@@ -51,7 +53,7 @@ def test_revision_without_autogenerate_and_offline_sql(
     framework: str, backend: str, tmp_path: Path
 ) -> None:
     """A plain revision has a pass per engine; upgrade --sql prints each engine's SQL."""
-    if framework == "quart":
+    if framework.startswith("quart"):
         pytest.importorskip("quart")
     with project(framework, backend, 2, tmp_path) as made:
         directory = str(tmp_path / "elsewhere")
@@ -70,7 +72,7 @@ def test_revision_without_autogenerate_and_offline_sql(
 @pytest.mark.parametrize(("framework", "backend"), [CASES[0], CASES[2], CASES[5]])
 def test_create_all_and_drop_all(framework: str, backend: str, tmp_path: Path) -> None:
     """create-all makes each engine's tables; drop-all asks first, then drops them."""
-    if framework == "quart":
+    if framework.startswith("quart"):
         pytest.importorskip("quart")
     with project(framework, backend, 2, tmp_path) as made:
         assert made.ok("create-all") == "default: create all done\nusers: create all done\n"

@@ -26,7 +26,7 @@ from .extra_databases import database_url, postgres_databases
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
-#: (framework, backend): Flask sync on the sync drivers, Flask async and Quart on async ones.
+#: (framework, backend): sync apps on the sync drivers, Flask async and Quart on async ones.
 CASES = [
     ("flask", "sqlite"),
     ("flask", "postgresql"),
@@ -34,6 +34,7 @@ CASES = [
     ("flask-async", "asyncpg"),
     ("quart", "aiosqlite"),
     ("quart", "asyncpg"),
+    ("quart-sync", "sqlite"),  # a Quart app's sync scoped session
 ]
 ENGINE_NAMES = {1: ["default"], 2: ["default", "users"]}
 
@@ -94,13 +95,13 @@ class Project:
 
 def make_app(framework: str, urls: dict[str, str], *, metadata: bool = True) -> Project:
     """An app of *framework* with a scoped session per engine URL (given ``metadata=``)."""
-    if framework == "quart":
+    if framework.startswith("quart"):
         from quart import Quart
 
         app: App = Quart(__name__)
     else:
         app = Flask(__name__)
-    is_async = framework != "flask"
+    is_async = framework in ("flask-async", "quart")
     key = "SQLALCHEMY_ASYNC_ENGINES" if is_async else "SQLALCHEMY_ENGINES"
     app.config[key] = dict(urls)
     metadatas = {name: models(name) for name in urls}
