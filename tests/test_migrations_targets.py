@@ -35,7 +35,7 @@ def test_one_engine_per_name_sync_first(tmp_path: Path) -> None:
         assert found[1].engine is users.get_engine(app) and found[1].metadata is None
         with app.app_context():
             assert engine_names() == ["default", "users"]
-        assert asession.get_engine(app) is not found[0].engine
+        assert asession.get_engine(app).sync_engine is not found[0].engine
 
 
 def test_target_metadata(tmp_path: Path) -> None:
