@@ -7,7 +7,7 @@ the line that installs it. ``create-all`` and ``drop-all`` need no Alembic.
 
 from __future__ import annotations
 
-import importlib
+import types
 import typing as t
 
 import click
@@ -20,8 +20,8 @@ if t.TYPE_CHECKING:
 GROUP_KEY = "SQLALCHEMY_CLI_GROUP"
 DIRECTORY_KEY = "SQLALCHEMY_MIGRATIONS_DIRECTORY"
 NO_ALEMBIC = (
-    "Alembic is not installed ({error}), and the '{group}' migration commands run it."
-    " Install it with: pip install 'async-scoped-session-ext[alembic]'"
+    "Alembic is not installed ({error}), and the migration commands run it. Install it"
+    " with: pip install 'async-scoped-session-ext[alembic]'"
 )
 NO_METADATA = (
     " The engine has no models to compare with: give its scoped session 'metadata='"
@@ -62,15 +62,15 @@ def _directory(directory: str | None) -> str:
     return directory or str(_app().config.get(DIRECTORY_KEY, "migrations"))
 
 
-def _alembic() -> t.Any:
+def _alembic() -> types.ModuleType:
     """The ``_alembic`` module, or a click error that says how to install Alembic."""
     try:
-        return importlib.import_module("._alembic", __package__)
+        from . import _alembic
     except ImportError as error:
         if error.name is None or error.name.partition(".")[0] not in ("alembic", "mako"):
             raise
-        group = click.get_current_context().find_root().info_name or "flask"
-        raise click.ClickException(NO_ALEMBIC.format(error=error, group=group)) from error
+        raise click.ClickException(NO_ALEMBIC.format(error=error)) from error
+    return _alembic
 
 
 def _alembic_command(name: str, directory: str | None, *args: t.Any, **kwargs: t.Any) -> None:
