@@ -58,6 +58,12 @@ def _app() -> App:
     return t.cast("App", ctx.app)
 
 
+def _group_path() -> str:
+    """The group's command as the user typed it: ``flask db``, ``quart db``."""
+    parent = click.get_current_context().parent
+    return parent.command_path if parent is not None else "flask db"
+
+
 def _directory(directory: str | None) -> str:
     return directory or str(_app().config.get(DIRECTORY_KEY, "migrations"))
 
@@ -108,6 +114,11 @@ def _add_commands(group: click.Group) -> None:
     def init(directory: str | None) -> None:
         """Create the migrations directory (env.py, script.py.mako, alembic.ini)."""
         _alembic_command("init", directory)
+        click.echo(
+            "The engines and their metadata come from the app's scoped sessions (metadata=);"
+            f" alembic.ini only configures logging. Next: '{_group_path()} revision"
+            " --autogenerate -m MESSAGE'."
+        )
 
     @command("revision")
     @_directory_option

@@ -20,6 +20,7 @@ from async_scoped_session_ext.testing import isolate
 
 from .support.databases import database_url
 from .support.engines import disposing, engines_of
+from .support.environment import needs_quart
 
 
 def test_config_engine_inside_and_outside_contexts(sync_backend: str, tmp_path: Path) -> None:
@@ -94,3 +95,21 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="not a sessionmaker"):
         plain.get_engine(app)
     engine.dispose()
+
+
+@needs_quart
+async def test_quart_request_engine(async_backend: str, tmp_path: Path) -> None:
+    """In a Quart request, the config-made AsyncEngine runs a query on the request's loop."""
+    from quart import Quart
+
+    app = Quart(__name__)
+    app.config["SQLALCHEMY_ASYNC_ENGINES"] = {"default": database_url(async_backend, tmp_path)}
+    scoped = async_scoped_session(app=app)
+    engine = scoped.get_engine(app)
+    try:
+        async with app.test_request_context("/"):
+            assert scoped.get_engine() is engine
+            async with engine.connect() as connection:
+                assert (await connection.execute(text("select 2"))).scalar_one() == 2
+    finally:
+        await engine.dispose()

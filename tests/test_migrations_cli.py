@@ -66,7 +66,8 @@ def test_real_executables(framework: str, tmp_path: Path) -> None:
             url=url,
         )
     )
-    run_cli(framework, tmp_path, "init")
+    initialised = run_cli(framework, tmp_path, "init")
+    assert f"Next: '{framework} db revision --autogenerate" in initialised.stdout
     run_cli(framework, tmp_path, "revision", "--autogenerate", "-m", "items", "--rev-id", "r1")
     upgraded = run_cli(framework, tmp_path, "upgrade")
     # Logging comes from migrations/alembic.ini: the app configured none.
