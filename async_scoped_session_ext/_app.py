@@ -6,6 +6,7 @@ import typing as t
 import weakref
 from dataclasses import dataclass, field
 
+from ._cli import add_cli
 from ._engines import AppEngines
 from ._frameworks import Framework, current_app_context, framework_of
 from ._runner import loop_running, runner
@@ -107,6 +108,7 @@ def ensure_state(app: App) -> AppState:
         framework = framework_of(app)
         state = AppState(framework=framework, engines=AppEngines(app, framework.is_quart))
         framework.install(app, state)
+        add_cli(app)  # the 'db' commands (SQLALCHEMY_CLI_GROUP)
         if framework.is_quart:
             t.cast("Quart", app).after_serving(state.engines.dispose)
         app.extensions[EXTENSION_KEY] = state

@@ -6,7 +6,8 @@ import contextlib
 import functools
 import typing as t
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_scoped_session as _sa_async_scoped_session
 from typing_extensions import TypeVar
 
@@ -49,6 +50,8 @@ class async_scoped_session(
     :param app: a Quart or Flask app; when given, :meth:`init_app` is called with it.
     :param name: the engine's name in the config (``"default"``), when there is no factory.
     :param session_options: keyword arguments for that ``async_sessionmaker``.
+    :param metadata: the metadata of the models in this session's database, for
+        ``flask db create-all`` and migrations (see :doc:`migrations`).
     :param close_timeout: seconds a close may take at teardown before the session's
         connections are invalidated instead of returned to the pool.
     :param shared_loop: Flask only, and app-wide. ``False`` keeps asgiref's default of a
@@ -67,6 +70,7 @@ class async_scoped_session(
         *,
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
+        metadata: MetaData | None = None,
         close_timeout: float = 10.0,
         shared_loop: bool = True,
     ) -> None:
@@ -74,7 +78,22 @@ class async_scoped_session(
         super().__init__(factory, scopefunc=current_app_context)
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
-        self._setup(app, name, session_options)
+        self._setup(app, name, session_options, metadata)
+
+    def get_engine(self, app: App | None = None) -> AsyncEngine:
+        """The engine this scoped session's sessions use in *app* (default: the current app).
+
+        The engine made from the app's config for this scoped session's name (made now if
+        no session used it yet: the same object the sessions use), or the ``bind`` of the
+        session factory given to the constructor. Works outside any context when *app* is
+        given; for Alembic's ``env.py``, the shell, scripts. A test's
+        :func:`~async_scoped_session_ext.testing.isolate` does not change the answer.
+
+        :raises RuntimeError: outside an app context without *app*; when this scoped
+            session is not initialised on the app; when its factory has no ``bind``.
+        :raises TypeError: when its factory is not a sessionmaker.
+        """
+        return t.cast(AsyncEngine, self._engine(app))
 
     def _init_app(self, app: App, state: AppState) -> None:
         """On a Flask app, route the app's async code to the shared event loop."""

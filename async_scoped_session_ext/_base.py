@@ -7,6 +7,7 @@ import threading
 import typing as t
 import weakref
 
+from ._accessors import engine_of
 from ._app import register, session_factory_for
 from ._context import ContextRegistry
 from ._current import shell_context
@@ -16,9 +17,11 @@ from ._misuse import check_factory, check_new_scope
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
+    from sqlalchemy import MetaData
 
     from ._app import AppState
     from ._engines import AppEngines
+    from ._types import AnyEngine
 
 _F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 _Session = t.TypeVar("_Session")
@@ -35,6 +38,9 @@ class ScopedBase(t.Generic[_F, _Session]):
     is_async: t.ClassVar[bool]
     name: str
     session_options: dict[str, t.Any]
+    #: The metadata of the models in this scoped session's database (``None``: not given).
+    #: ``flask db create-all`` and migrations use it.
+    metadata: MetaData | None
     #: How many sessions made by ``fresh()`` are open now.
     fresh_open: int
     _session_factory: _F | None
@@ -47,9 +53,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         app: App | None,
         name: str,
         session_options: t.Mapping[str, t.Any] | None,
+        metadata: MetaData | None,
     ) -> None:
         check_factory(self._session_factory, is_async=self.is_async)
         self.name = name
+        self.metadata = metadata
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
         self.fresh_open = 0
@@ -97,6 +105,10 @@ class ScopedBase(t.Generic[_F, _Session]):
         """
         t.cast(t.Any, super()).configure(**kwargs)
         adopt(self._session_factory, self._owners)
+
+    def _engine(self, app: App | None) -> AnyEngine:
+        """What ``get_engine`` returns, typed by each kind (see ``_accessors.engine_of``)."""
+        return engine_of(self, app)
 
     def _init_app(self, app: App, state: AppState) -> None:
         """What a kind of scoped session adds to :meth:`init_app`."""

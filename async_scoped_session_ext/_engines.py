@@ -255,6 +255,11 @@ class AppEngines:
                 self._factories[key] = factory
             return factory
 
+    def engine(self, name: str, is_async: bool) -> Engine | AsyncEngine:
+        """The engine *name*, the one this app's session factories use, made on first use."""
+        with self._lock:
+            return self._engine(name, is_async)
+
     def _engine(self, name: str, is_async: bool) -> AnyEngine:
         engine = self._engines.get((name, is_async))
         if engine is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import typing as t
 
+from sqlalchemy import Engine, MetaData
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from typing_extensions import TypeVar
 
@@ -35,6 +36,8 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
     :param app: a Flask (or Quart) app; when given, :meth:`init_app` is called with it.
     :param name: the engine's name in the config (``"default"``), when there is no factory.
     :param session_options: keyword arguments for that ``sessionmaker``.
+    :param metadata: the metadata of the models in this session's database, for
+        ``flask db create-all`` and migrations (see :doc:`migrations`).
     """
 
     is_async: t.ClassVar[bool] = False
@@ -48,11 +51,27 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
         *,
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
+        metadata: MetaData | None = None,
     ) -> None:
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         factory = t.cast("sessionmaker[_S]", session_factory)
         super().__init__(factory, scopefunc=current_app_context)
-        self._setup(app, name, session_options)
+        self._setup(app, name, session_options, metadata)
+
+    def get_engine(self, app: App | None = None) -> Engine:
+        """The engine this scoped session's sessions use in *app* (default: the current app).
+
+        The engine made from the app's config for this scoped session's name (made now if
+        no session used it yet: the same object the sessions use), or the ``bind`` of the
+        session factory given to the constructor. Works outside any context when *app* is
+        given; for Alembic's ``env.py``, the shell, scripts. A test's
+        :func:`~async_scoped_session_ext.testing.isolate` does not change the answer.
+
+        :raises RuntimeError: outside an app context without *app*; when this scoped
+            session is not initialised on the app; when its factory has no ``bind``.
+        :raises TypeError: when its factory is not a sessionmaker.
+        """
+        return t.cast(Engine, self._engine(app))
 
     def _init_app(self, app: App, state: AppState) -> None:
         # Flask-SQLAlchemy-Session's public attribute (the default session); untyped on App.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
@@ -23,6 +23,9 @@ class ScopedLike(t.Protocol):
 
     @property
     def session_options(self) -> t.Mapping[str, t.Any]: ...
+
+    @property
+    def metadata(self) -> MetaData | None: ...
 
     @property
     def given_factory(self) -> t.Callable[..., t.Any] | None:
