@@ -32,6 +32,21 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+@pytest.fixture
+def loggers() -> cabc.Iterator[None]:
+    """Restore the logging set-up the other tools change: Flask-Migrate's env.py calls
+    ``fileConfig()``, which disables every existing logger (the library's included), and
+    Flask-Alembic gives loggers a handler of its own (on sys.stderr)."""
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    saved = [(logger, logger.level, list(logger.handlers), logger.disabled) for logger in loggers]
+    yield
+    for logger, level, handlers, disabled in saved:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.disabled = disabled
+
+
+@pytest.mark.usefixtures("loggers")
 def test_flask_migrate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flask-Migrate's ``db`` migrates the scoped session's engine; ours is renamed."""
     flask_migrate = pytest.importorskip("flask_migrate")
@@ -54,20 +69,6 @@ def test_flask_migrate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             assert result.exit_code == 0, (result.output, result.exception)
         assert _tables(url) == {"alembic_version", "other_item"}
         assert "upgrade" in runner.invoke(args=["sqla", "--help"]).output
-
-
-@pytest.fixture
-def loggers() -> cabc.Iterator[None]:
-    """Restore the loggers Flask-Alembic gives a handler of its own (on sys.stderr)."""
-    saved = {
-        name: (logger.level, list(logger.handlers))
-        for name in ("sqlalchemy", "alembic")
-        for logger in [logging.getLogger(name)]
-    }
-    yield
-    for name, (level, handlers) in saved.items():
-        logging.getLogger(name).setLevel(level)
-        logging.getLogger(name).handlers[:] = handlers
 
 
 @pytest.mark.usefixtures("loggers")
