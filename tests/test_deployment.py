@@ -122,7 +122,8 @@ def test_gevent_gives_every_greenlet_its_own_session(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_backends_stay_within_workers_times_pool_under_load(tmp_path: Path) -> None:
     """Two gthread workers of 4 threads with pool_size=1, max_overflow=1 never have more than
-    2 x (1 + 1) backends, however many requests wait: a worker's threads share its pool."""
+    2 x (1 + 1) backends, however many requests wait: a worker's threads share its pool,
+    and each worker opens at most pool_size + max_overflow connections at once."""
     workers, pool_size, max_overflow = 2, 1, 1
     bound = workers * (pool_size + max_overflow)
     with fresh_database() as database:
@@ -150,6 +151,10 @@ def test_backends_stay_within_workers_times_pool_under_load(tmp_path: Path) -> N
                 sampler.join()
     assert [response.status_code for response in responses] == [200] * len(load)
     assert 0 < max(seen) <= bound, f"backends seen: {seen}"
+    most_open = deployment.most_open_by_process()
+    assert len(most_open) <= workers, most_open
+    # The load filled the busiest worker's pool, overflow included, and went no further.
+    assert max(most_open.values()) == pool_size + max_overflow, most_open
 
 
 def test_the_page_shows_the_recipes_the_tests_run() -> None:

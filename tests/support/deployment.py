@@ -199,13 +199,27 @@ class Deployment:
                 time.sleep(0.1)
         raise AssertionError(f"the server did not answer (exit code {self.server.poll()})")
 
+    def events(self) -> list[tuple[int, str]]:
+        """Every pool connection opened or closed: ``(pid, "connect" or "close")``, in the
+        order each process wrote them."""
+        lines = self.events_path.read_text().splitlines()
+        return [(int(pid), what) for pid, what in (line.split() for line in lines)]
+
     def connections_by_process(self) -> dict[int, collections.Counter[str]]:
         """Per process: how many pool connections it opened and closed."""
         counts: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        for line in self.events_path.read_text().splitlines():
-            pid, what = line.split()
-            counts[int(pid)][what] += 1
+        for pid, what in self.events():
+            counts[pid][what] += 1
         return dict(counts)
+
+    def most_open_by_process(self) -> dict[int, int]:
+        """Per process: the most pool connections it had open at once."""
+        open_now: collections.Counter[int] = collections.Counter()
+        most: dict[int, int] = {}
+        for pid, what in self.events():
+            open_now[pid] += 1 if what == "connect" else -1
+            most[pid] = max(most.get(pid, 0), open_now[pid])
+        return most
 
 
 def client(base_url: str, concurrency: int) -> httpx.AsyncClient:
