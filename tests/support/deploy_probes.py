@@ -80,7 +80,7 @@ def _add_sync_probes(app: Flask) -> None:
 
     @app.get("/probe/stats")
     def stats() -> dict[str, int]:
-        return {"worker": os.getpid(), "checked_out": current_session.get_bind().pool.checkedout()}  # type: ignore[attr-defined]
+        return {"worker": os.getpid(), "checked_out": current_session.get_bind().pool.checkedout()}
 
 
 def _add_async_probes(app: Flask | Quart, args: t.Callable[[], t.Mapping[str, str]]) -> None:
@@ -100,7 +100,7 @@ def _add_async_probes(app: Flask | Quart, args: t.Callable[[], t.Mapping[str, st
 
     @app.get("/probe/stats")
     async def stats() -> dict[str, int]:
-        return {"worker": os.getpid(), "checked_out": current_session.get_bind().pool.checkedout()}  # type: ignore[attr-defined]
+        return {"worker": os.getpid(), "checked_out": current_session.get_bind().pool.checkedout()}
 
 
 def _name_the_worker(response: t.Any) -> t.Any:
