@@ -1,12 +1,11 @@
 """``myapp.py`` of docs/deployment.md: a sync Flask app for gunicorn, configured from the
-environment. ``flask --app myapp init-db`` creates the tables, once, before the server starts.
+environment. ``flask --app myapp db upgrade`` migrates the database, once, before the server starts.
 """
 
 from __future__ import annotations
 
 import os
 
-import click
 from flask import Flask, request
 from sqlalchemy import String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -37,14 +36,9 @@ app.config["SQLALCHEMY_ENGINES"] = {
     }
 }
 # No engine is made here: each worker makes its own on first use, from the config above.
-session = flask_scoped_session(app=app, session_options={"expire_on_commit": False})
-
-
-@app.cli.command("init-db")
-def init_db() -> None:
-    """Create the tables: run once, before the server starts."""
-    Base.metadata.create_all(session.get_bind())
-    click.echo("Created the tables.")
+session = flask_scoped_session(
+    app=app, session_options={"expire_on_commit": False}, metadata=Base.metadata
+)
 
 
 @app.post("/todos")

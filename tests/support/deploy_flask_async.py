@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import click
 from flask import Flask, request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,21 +27,8 @@ app.config["SQLALCHEMY_ASYNC_ENGINES"] = {
     }
 }
 asession: async_scoped_session[AsyncSession] = async_scoped_session(
-    app=app, session_options={"expire_on_commit": False}
+    app=app, session_options={"expire_on_commit": False}, metadata=Base.metadata
 )
-
-
-async def create_tables() -> None:
-    connection = await current_session.connection()
-    await connection.run_sync(Base.metadata.create_all)
-    await current_session.commit()
-
-
-@app.cli.command("init-db")
-def init_db() -> None:
-    """Create the tables: run once, before the server starts."""
-    asession.run(create_tables())
-    click.echo("Created the tables.")
 
 
 @app.post("/todos")

@@ -1,5 +1,5 @@
 """``myquartapp.py`` of docs/deployment.md: a Quart app for hypercorn or uvicorn, configured
-from the environment. ``quart --app myquartapp init-db`` creates the tables, once, before the
+from the environment. ``quart --app myquartapp db upgrade`` migrates the database, once, before the
 server starts.
 """
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-import click
 from quart import Quart, request
 from sqlalchemy import String, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,21 +39,8 @@ app.config["SQLALCHEMY_ASYNC_ENGINES"] = {
 }
 # The engine is made on first use in each worker, and disposed after serving.
 asession: async_scoped_session[AsyncSession] = async_scoped_session(
-    app=app, session_options={"expire_on_commit": False}
+    app=app, session_options={"expire_on_commit": False}, metadata=Base.metadata
 )
-
-
-async def create_tables() -> None:
-    connection = await current_session.connection()
-    await connection.run_sync(Base.metadata.create_all)
-    await current_session.commit()
-
-
-@app.cli.command("init-db", with_appcontext=True)
-def init_db() -> None:
-    """Create the tables: run once, before the server starts."""
-    asession.run(create_tables())
-    click.echo("Created the tables.")
 
 
 @app.post("/todos")

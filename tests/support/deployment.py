@@ -31,9 +31,11 @@ from .environment import child_environ
 from .scripts import REPO_ROOT
 
 #: The one-off command run before the server starts, after the app's ``--app`` option:
-#: ``flask --app myapp init-db``. Every recipe's test runs it from here, so that a command
-#: of the library's own (``db upgrade``, ``db create-all``) can take its place in one line.
-ONE_OFF = ("init-db",)
+#: ``flask --app myapp db upgrade``, in the project directory that holds ``migrations/``.
+ONE_OFF = ("db", "upgrade")
+#: How the project got its ``migrations/`` during development (then committed with the
+#: app): the tests make it the same way, against the new empty database.
+DEVELOPMENT = (("db", "init"), ("db", "revision", "--autogenerate", "-m", "create tables"))
 
 #: The server commands of docs/deployment.md, as the page writes them, with ``{workers}``,
 #: ``{bind}`` (``host:port``), ``{host}``, ``{port}`` and ``{app}`` in place of its numbers
@@ -137,17 +139,27 @@ class Deployment:
         }
 
     def run_one_off(self) -> str:
-        """``flask --app myapp init-db`` (or ``quart``): create the tables, once."""
+        """``flask --app myapp db upgrade`` (or ``quart``): migrate the database, once.
+
+        The project's ``migrations/`` is made first, as during development.
+        """
+        project = self.tmp_path / "project"
+        project.mkdir(exist_ok=True)
+        for step in DEVELOPMENT:
+            self._cli(step, project)
+        return self._cli(ONE_OFF, project)
+
+    def _cli(self, args: tuple[str, ...], cwd: Path) -> str:
         cli, module, _, _ = APPS[self.app]
         result = subprocess.run(
-            [sys.executable, "-m", cli, "--app", module, *ONE_OFF],
+            [sys.executable, "-m", cli, "--app", module, *args],
             env=self.environ(),
-            cwd=REPO_ROOT,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
         )
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == 0, f"{' '.join(args)}: {result.stdout}{result.stderr}"
         return result.stdout
 
     def command(self) -> list[str]:
