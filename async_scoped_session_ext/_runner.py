@@ -38,6 +38,10 @@ def loop_running() -> bool:
     return asyncio._get_running_loop() is not None
 
 
+_making_locks = threading.Lock()
+"""Held while a runner makes its lock after a fork, and never while waiting for anything."""
+
+
 class LoopRunner:
     """Runs coroutines on one event loop in a daemon thread, started lazily per process."""
 
@@ -45,7 +49,7 @@ class LoopRunner:
     stop_timeout = 10.0
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock: threading.Lock | None = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -60,7 +64,7 @@ class LoopRunner:
         loop = self._loop
         if loop is not None and self._pid == os.getpid():
             return loop
-        with self._lock:
+        with self._guard():
             if self._loop is None or self._pid != os.getpid():
                 self._start()
             return t.cast(asyncio.AbstractEventLoop, self._loop)
@@ -160,7 +164,7 @@ class LoopRunner:
 
     def stop(self) -> None:
         """Dispose the registered engines on the loop, then stop and close it."""
-        with self._lock:
+        with self._guard():
             loop, thread = self._loop, self._thread  # set together by _start()
             if loop is None or thread is None or self._pid != os.getpid():
                 return
@@ -213,9 +217,22 @@ class LoopRunner:
         # The parent's loop thread does not exist here, and its pooled connections belong
         # to the parent: forget both without closing what the parent still uses.
         # (The engines' own at-fork hook gives each engine a new pool in the child.)
-        self._lock = threading.Lock()
+        # The lock is made on first use: a worker that patches threading after the fork
+        # (gunicorn's gevent worker with --preload) must get a lock of its own kind, or one
+        # greenlet waiting for it would block the process while another holds it.
+        self._lock = None
         self._loop = self._thread = None
         self._background = set()
+
+    def _guard(self) -> threading.Lock:
+        """The runner's lock, made now if a fork left none (see ``_after_fork_in_child``)."""
+        lock = self._lock
+        if lock is None:
+            with _making_locks:  # held for no longer than making one: never across a wait
+                if self._lock is None:
+                    self._lock = threading.Lock()
+                lock = self._lock
+        return lock
 
 
 runner = LoopRunner()

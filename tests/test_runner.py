@@ -263,12 +263,34 @@ def test_started_says_whether_this_process_has_a_loop(loop_runner: LoopRunner) -
     assert not loop_runner.started
 
 
+def test_a_forked_child_makes_its_lock_when_first_used(
+    loop_runner: LoopRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a fork the runner has no lock until it is first used: a worker that patches
+    threading after the fork (gunicorn's gevent worker with --preload) gets a lock made by
+    the patched ``threading.Lock``, not one made before the patching."""
+    original = threading.Lock
+    made: list[object] = []
+
+    def patched_lock() -> threading.Lock:  # what gevent's patched threading.Lock() would be
+        lock = original()
+        made.append(lock)
+        return lock
+
+    loop_runner._after_fork_in_child()  # as in a forked child, before any patching
+    assert loop_runner._lock is None
+    monkeypatch.setattr(threading, "Lock", patched_lock)
+    assert loop_runner.run(asyncio.sleep(0, "started")) == "started"
+    assert made and loop_runner._lock is made[0]
+    assert loop_runner._guard() is made[0]
+
+
 def test_threads_arriving_together_start_one_loop(loop_runner: LoopRunner) -> None:
     """Threads that use the runner for the first time at once get one loop and one thread:
     those that waited for the lock find the loop started."""
     loops: list[asyncio.AbstractEventLoop] = []
     threads = threading.active_count()
-    with loop_runner._lock:  # the first users arrive together and wait here
+    with loop_runner._guard():  # the first users arrive together and wait here
         users = [threading.Thread(target=lambda: loops.append(loop_runner.loop)) for _ in range(3)]
         for user in users:
             user.start()
