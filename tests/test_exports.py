@@ -11,11 +11,11 @@ from werkzeug.local import LocalProxy
 
 import async_scoped_session_ext
 from async_scoped_session_ext import (
+    _proxy,
     async_scoped_session,
     current_session,
     flask_scoped_session,
 )
-from async_scoped_session_ext import _proxy
 
 
 def test_all_lists_exactly_the_public_names() -> None:
