@@ -249,7 +249,10 @@ class AppEngines:
             if factory is None:
                 engine = self._engine(name, is_async)
                 if isinstance(engine, AsyncEngine):
-                    factory = async_sessionmaker(bind=engine, **session_options)
+                    # Reading a committed object's attribute must not lazy-load: that is
+                    # implicit I/O, which raises in async code (MissingGreenlet).
+                    options = {"expire_on_commit": False, **session_options}
+                    factory = async_sessionmaker(bind=engine, **options)
                 else:
                     factory = sessionmaker(bind=engine, **session_options)
                 self._factories[key] = factory
