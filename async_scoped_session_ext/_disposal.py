@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from ._close import logger
+from ._sa_asyncio import AsyncEngine
 
 
 class LoopDisposals:

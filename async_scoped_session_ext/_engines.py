@@ -17,11 +17,11 @@ import weakref
 
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 from ._connect import connect_outside_context
 from ._runner import runner
+from ._sa_asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:

@@ -24,12 +24,12 @@ import typing as t
 import pytest
 from sqlalchemy import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from ._app import get_state
 from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
 from ._frameworks import is_quart_app
+from ._sa_asyncio import AsyncEngine, AsyncSession
 from .testing import Isolation, aisolate, isolate
 
 if t.TYPE_CHECKING:
