@@ -17,6 +17,7 @@ import typing as t
 #: The request and websocket context classes of the frameworks imported so far.
 _CONTEXT_CLASSES = (("flask.ctx", "RequestContext"), ("quart.ctx", "RequestContext"))
 _WEBSOCKET_CLASS = ("quart.ctx", "WebsocketContext")
+_NOTHING = type(sys)("nothing")  # an empty module, for frameworks not imported
 
 
 def describe(ctx: object) -> str:
@@ -47,7 +48,9 @@ def _popping_request_context() -> tuple[object, str] | None:
     classes = [
         (cls, "websocket" if (module, name) == _WEBSOCKET_CLASS else "request")
         for module, name in (*_CONTEXT_CLASSES, _WEBSOCKET_CLASS)
-        if (cls := getattr(sys.modules.get(module), name, None)) is not None
+        # vars(), not getattr(): Flask 3.2 keeps RequestContext as a deprecated alias of
+        # AppContext, served by the module's __getattr__ with a DeprecationWarning.
+        if (cls := vars(sys.modules.get(module) or _NOTHING).get(name)) is not None
     ]
     frame = inspect.currentframe()
     while frame is not None:
