@@ -17,7 +17,6 @@ import typing as t
 #: The request and websocket context classes of the frameworks imported so far.
 _CONTEXT_CLASSES = (("flask.ctx", "RequestContext"), ("quart.ctx", "RequestContext"))
 _WEBSOCKET_CLASS = ("quart.ctx", "WebsocketContext")
-_NOTHING = type(sys)("nothing")  # an empty module, for frameworks not imported
 
 
 def describe(ctx: object) -> str:
@@ -48,9 +47,7 @@ def _popping_request_context() -> tuple[object, str] | None:
     classes = [
         (cls, "websocket" if (module, name) == _WEBSOCKET_CLASS else "request")
         for module, name in (*_CONTEXT_CLASSES, _WEBSOCKET_CLASS)
-        # vars(), not getattr(): Flask 3.2 keeps RequestContext as a deprecated alias of
-        # AppContext, served by the module's __getattr__ with a DeprecationWarning.
-        if (cls := vars(sys.modules.get(module) or _NOTHING).get(name)) is not None
+        if (cls := _defined(module, name)) is not None
     ]
     frame = inspect.currentframe()
     while frame is not None:
@@ -60,3 +57,15 @@ def _popping_request_context() -> tuple[object, str] | None:
                 return owner, kind
         frame = frame.f_back
     return None
+
+
+def _defined(module_name: str, name: str) -> type | None:
+    """The class *name* defined in *module_name*, if that module is imported.
+
+    Read from the module's namespace, not with ``getattr``: Flask 3.2 keeps
+    ``RequestContext`` as a deprecated alias of ``AppContext``, served by the module's
+    ``__getattr__`` with a ``DeprecationWarning``.
+    """
+    module = sys.modules.get(module_name)
+    value = vars(module).get(name) if module is not None else None
+    return value if isinstance(value, type) else None
