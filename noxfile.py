@@ -1,5 +1,5 @@
-"""Development tasks: ``python3 -m nox -s tests``, ``-s demo``, ``-s lint``, ``-s typing``,
-``-s coverage``; see docs/contributing.md."""
+"""Development tasks: ``.venv/bin/python -m nox -s tests``, ``-s demo``, ``-s lint``,
+``-s typing``, ``-s coverage``, ``-s build``, ``-s wheel``; see docs/contributing.md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import dataclasses
 import json
 import os
 import shutil
+import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 
 import nox
@@ -135,6 +138,88 @@ def demo(session: nox.Session) -> None:
     """Run the example Quart and Flask todo apps on embedded SQLite (--serve to keep serving)."""
     session.install(".[quart,aiosqlite]", "hypercorn", "httpx")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+# -- build: the artifacts, and the example apps run against the wheel ---------------------
+
+DIST = Path("dist")
+
+
+@nox.session(default=False)
+def build(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/; check them with twine; require LICENSE in both."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "build"))
+    shutil.rmtree(DIST, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(DIST))
+    artifacts = sorted(str(path) for path in DIST.iterdir())
+    session.run("twine", "check", "--strict", *artifacts)
+    _require_license(session)
+
+
+def _require_license(session: nox.Session) -> None:
+    """Fail unless the wheel and the sdist each ship the LICENSE file."""
+    (wheel,) = DIST.glob("*.whl")
+    (sdist,) = DIST.glob("*.tar.gz")
+    with zipfile.ZipFile(wheel) as archive:
+        in_wheel = any(name.endswith(".dist-info/licenses/LICENSE") for name in archive.namelist())
+    with tarfile.open(sdist) as archive:
+        in_sdist = any(
+            name.count("/") == 1 and name.endswith("/LICENSE") for name in archive.getnames()
+        )
+    missing = [path.name for path, found in ((wheel, in_wheel), (sdist, in_sdist)) if not found]
+    if missing:
+        session.error(
+            f'LICENSE is missing from {", ".join(missing)}: keep license-files = ["LICENSE"]'
+            ' in pyproject.toml\'s [project] and "LICENSE" in [tool.flit.sdist] include.'
+        )
+    session.log(f"LICENSE is in {wheel.name} and {sdist.name}")
+
+
+#: Run in a directory outside the checkout: the package must come from the installed wheel.
+FROM_THE_WHEEL = """
+import runpy, sys, sysconfig
+from pathlib import Path
+import async_scoped_session_ext
+where = Path(async_scoped_session_ext.__file__).resolve()
+if not where.is_relative_to(Path(sysconfig.get_paths()["purelib"]).resolve()):
+    sys.exit(f"async_scoped_session_ext was imported from {where}, not from the wheel")
+print(f"async_scoped_session_ext from {where}", flush=True)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+#: The sync example app through Flask's test client, for the install without greenlet.
+SYNC_ONLY_DEMO = """
+import importlib.util, sys, tempfile
+from examples.flask_todo.app import create_app, engine_of
+if importlib.util.find_spec("greenlet") is not None:
+    sys.exit("greenlet is installed: a sync-only install must not need it")
+with tempfile.TemporaryDirectory() as directory:
+    app = create_app(f"sqlite:///{directory}/todo.db")
+    client = app.test_client()
+    for title in ("Buy milk", "Write the README"):
+        print(client.post("/todos", json={"title": title}).json)
+    assert [todo["title"] for todo in client.get("/todos").json] == ["Buy milk", "Write the README"]
+    engine_of(app).dispose()
+print("the sync Flask example ran without greenlet")
+"""
+
+
+@nox.session(default=False, requires=["build"])
+@nox.parametrize("install", ["sync-only", "async"])
+def wheel(session: nox.Session, install: str) -> None:
+    """Install the built wheel (no extras, so no greenlet; or [quart,aiosqlite]) and run the
+    example apps against it, from a directory where the checkout is not importable."""
+    (built,) = DIST.glob("*.whl")
+    if install == "async":
+        session.install(f"{built.resolve()}[quart,aiosqlite]", "hypercorn", "httpx")
+    else:
+        session.install(str(built.resolve()))
+    with tempfile.TemporaryDirectory(prefix="asse-wheel-") as directory:
+        shutil.copytree("examples", Path(directory, "examples"))
+        Path(directory, "sync_only_demo.py").write_text(SYNC_ONLY_DEMO)
+        script = "examples/demo.py" if install == "async" else "sync_only_demo.py"
+        with session.chdir(directory):
+            session.run("python", "-c", FROM_THE_WHEEL, script)
 
 
 @nox.session(default=False)

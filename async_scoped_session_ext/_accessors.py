@@ -5,11 +5,11 @@ from __future__ import annotations
 import typing as t
 
 from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from ._app import NOT_INITIALISED, get_state, is_initialised
 from ._frameworks import current_app_context
+from ._sa_asyncio import AsyncEngine, async_sessionmaker
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from ._close import logger
 from ._runner import runner
+from ._sa_asyncio import AsyncEngine
 
 
 class LoopDisposals:

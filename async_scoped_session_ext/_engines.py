@@ -17,11 +17,11 @@ import weakref
 
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 from ._connect import connect_outside_context
 from ._runner import runner
+from ._sa_asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:
@@ -249,7 +249,10 @@ class AppEngines:
             if factory is None:
                 engine = self._engine(name, is_async)
                 if isinstance(engine, AsyncEngine):
-                    factory = async_sessionmaker(bind=engine, **session_options)
+                    # Reading a committed object's attribute must not lazy-load: that is
+                    # implicit I/O, which raises in async code (MissingGreenlet).
+                    options = {"expire_on_commit": False, **session_options}
+                    factory = async_sessionmaker(bind=engine, **options)
                 else:
                     factory = sessionmaker(bind=engine, **session_options)
                 self._factories[key] = factory

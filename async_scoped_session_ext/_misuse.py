@@ -6,12 +6,12 @@ import asyncio
 import typing as t
 
 from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from ._app import EXTENSION_KEY, NOT_INITIALISED, get_state
 from ._frameworks import current_app_context
 from ._runner import runner
+from ._sa_asyncio import AsyncEngine, async_sessionmaker
 
 if t.TYPE_CHECKING:
     from ._app import AppState

@@ -5,10 +5,10 @@ from __future__ import annotations
 import typing as t
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY, engines_of
+from ._sa_asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:

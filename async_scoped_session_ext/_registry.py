@@ -11,7 +11,6 @@ import weakref
 from dataclasses import dataclass, field
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 from ._app import ensure_state, register, unregister, use_shared_loop
@@ -21,6 +20,7 @@ from ._disposal import LoopDisposals
 from ._engines import take_charge
 from ._frameworks import current_app_context
 from ._runner import runner
+from ._sa_asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from ._sync import flask_scoped_session
 
 if t.TYPE_CHECKING:

@@ -11,6 +11,7 @@ import typing as t
 
 from ._close import log_failure, logger
 from ._context import ContextRecord, ensure_record, mark_torn_down
+from ._origin import describe
 
 if t.TYPE_CHECKING:
     from ._context import AppContextLike
@@ -30,7 +31,7 @@ def end_context(ctx: AppContextLike, *, failed: bool) -> ContextRecord:
     if not (failed or record.failed):  # after a failure, rolling back is what one expects
         for registry, session in list(record.sessions.items()):
             if has_changes(session):
-                _warn_uncommitted(registry.owner, session)
+                _warn_uncommitted(ctx, registry.owner, session)
     return record
 
 
@@ -61,12 +62,15 @@ def has_changes(session: t.Any) -> bool:
     return bool(session.new or session.dirty or session.deleted)
 
 
-def _warn_uncommitted(scoped: ScopedLike, session: t.Any) -> None:
+def _warn_uncommitted(ctx: AppContextLike, scoped: ScopedLike, session: t.Any) -> None:
+    kind = "async" if scoped.is_async else "sync"
     logger.warning(
-        "The session of %r is torn down with changes that were never committed"
-        " (%d new, %d changed, %d deleted objects); they are discarded. Call"
-        " commit() before the request ends, or expunge() what you do not mean to save.",
-        scoped,
+        "The session of the %s scoped session %r, in %s, is torn down with changes that"
+        " were never committed (%d new, %d changed, %d deleted objects); they are discarded."
+        " Call commit() before it ends, or expunge() what you do not mean to save.",
+        kind,
+        scoped.name,
+        describe(ctx),
         len(session.new),
         len(session.dirty),
         len(session.deleted),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typing as t
 
-from sqlalchemy import Engine, MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import sessionmaker
+if t.TYPE_CHECKING:  # not at run time: a sync-only install cannot import them (no greenlet)
+    from sqlalchemy import Engine, MetaData
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+    from sqlalchemy.orm import sessionmaker
 
-AnyEngine: t.TypeAlias = Engine | AsyncEngine
+AnyEngine: t.TypeAlias = "Engine | AsyncEngine"
 AnyFactory: t.TypeAlias = "sessionmaker[t.Any] | async_sessionmaker[t.Any]"
 
 

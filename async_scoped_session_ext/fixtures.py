@@ -22,11 +22,14 @@ import inspect
 import typing as t
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
+from ._app import get_state
 from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
 from ._frameworks import is_quart_app
+from ._sa_asyncio import AsyncEngine, AsyncSession
 from .testing import Isolation, aisolate, isolate
 
 if t.TYPE_CHECKING:
@@ -72,7 +75,9 @@ def app(pytestconfig: pytest.Config, app_config: dict[str, t.Any]) -> App:
             " conftest.py.",
             pytrace=False,
         )
-    return make_app(spec, app_config)
+    made = make_app(spec, app_config)
+    check_test_databases(made, app_config, spec)
+    return made
 
 
 def make_app(spec: str, config: t.Mapping[str, t.Any]) -> App:
@@ -126,6 +131,70 @@ def _apply(app: App, config: t.Mapping[str, t.Any]) -> None:
         if key in (SYNC_CONFIG_KEY, ASYNC_CONFIG_KEY) and isinstance(value, t.Mapping):
             value = {**(app.config.get(key) or {}), **value}  # replace the named engines only
         app.config[key] = value
+
+
+def check_test_databases(app: App, config: t.Mapping[str, t.Any], spec: str) -> None:
+    """Fail unless each default engine of *app* is the test database *config* names.
+
+    A factory can drop the test config silently (``app.config.from_object(a_dict)`` reads
+    no key of a dict), and the tests would then write to the development database.
+    """
+    for key, option, is_async in (
+        (SYNC_CONFIG_KEY, URL_OPTION, False),
+        (ASYNC_CONFIG_KEY, ASYNC_URL_OPTION, True),
+    ):
+        wanted = _default_url(config, key)
+        got = _resolved_default_url(app, key, is_async)
+        if wanted is None or got is None or _same(wanted, got):
+            continue
+        kind = "async" if is_async else "sync"
+        pytest.fail(
+            f"The app made by asse_app = {spec!r} would use the database {_shown(got)} for its"
+            f" default {kind} engine, not the test database {_shown(wanted)} that the"
+            f" 'app_config' fixture gives it ({key}['default'], from the {option!r} ini"
+            " option): its tests would write to that database, so none was run. The factory"
+            " most likely dropped the test config: app.config.from_object() ignores a dict"
+            " (it reads attributes). Accept a mapping with app.config.from_mapping(config)"
+            " (see docs/lifecycle.md), or override the 'app' fixture (or 'app_config')"
+            " to point the app at the test database your own way.",
+            pytrace=False,
+        )
+
+
+def _default_url(config: t.Mapping[str, t.Any], key: str) -> URL | str | None:
+    """The URL of ``config[key]["default"]`` (a URL, or engine options with a ``"url"``)."""
+    engines = config.get(key)
+    value = engines.get("default") if isinstance(engines, t.Mapping) else None
+    if isinstance(value, t.Mapping):
+        value = value.get("url")
+    if not isinstance(value, str | URL):
+        return None
+    try:
+        return make_url(value)
+    except (ArgumentError, ValueError):
+        return value  # the engine will report it; compared as written
+
+
+def _resolved_default_url(app: App, key: str, is_async: bool) -> URL | str | None:
+    """The database the app's default sync or async session uses: its own factory's
+    ``bind``, else its config's ``"default"`` engine."""
+    state = get_state(app)
+    scoped = None if state is None else (state.async_default if is_async else state.sync_default)
+    factory = None if scoped is None else scoped.given_factory
+    bind = getattr(factory, "kw", {}).get("bind")
+    if isinstance(bind, Engine | AsyncEngine):
+        return bind.url
+    return _default_url(app.config, key)
+
+
+def _same(one: URL | str, other: URL | str) -> bool:
+    return _shown(one, hide_password=False) == _shown(other, hide_password=False)
+
+
+def _shown(url: URL | str, *, hide_password: bool = True) -> str:
+    if isinstance(url, str):
+        return repr(url) if not hide_password else "(a URL that does not parse)"
+    return repr(url.render_as_string(hide_password=hide_password))
 
 
 @pytest.fixture

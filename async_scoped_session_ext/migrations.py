@@ -16,12 +16,12 @@ import sys
 import typing as t
 
 from sqlalchemy import Connection, Engine, MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._accessors import engine_of
 from ._app import get_state
 from ._frameworks import current_app_context
 from ._runner import runner
+from ._sa_asyncio import AsyncEngine
 
 if t.TYPE_CHECKING:
     from alembic.config import Config

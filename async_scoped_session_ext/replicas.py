@@ -30,8 +30,9 @@ from __future__ import annotations
 import typing as t
 
 from sqlalchemy import CompoundSelect, Connection, Engine, Select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+
+from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 if t.TYPE_CHECKING:
     from sqlalchemy.sql.elements import ClauseElement

@@ -30,12 +30,6 @@ import logging
 import typing as t
 
 from sqlalchemy import Connection, Engine, RootTransaction
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    AsyncSession,
-    AsyncTransaction,
-)
 from sqlalchemy.orm import Session
 
 from ._app import AppState, get_state, set_overrides
@@ -47,6 +41,7 @@ from ._rebind import (
     rebound,
 )
 from ._runner import runner
+from ._sa_asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:

@@ -41,7 +41,9 @@ autodoc_member_order = "bysource"
 autodoc_default_options = {"inherited-members": False}
 
 html_theme = "furo"
-html_title = project
+# The sidebar shows it in a large font: "async_scoped_session_ext" has no break opportunity
+# and wrapped mid-word; the distribution's name breaks at its hyphens.
+html_title = "async-scoped-session-ext"
 html_static_path = ["_static"]
 html_css_files = ["tables.css"]
 
@@ -70,5 +72,30 @@ def _run_type_checking_blocks() -> None:
                 exec(compile(block, inspect.getfile(module), "exec"), vars(module))
 
 
+#: Signatures autodoc gets wrong: ``fresh`` is a generator function that contextlib's
+#: ``(async)contextmanager`` wraps, so its annotation is the generator's, not what it returns.
+FIXED_SIGNATURES = {
+    f"{PACKAGE}.async_scoped_session.fresh": (
+        "(**kw)",
+        "AbstractAsyncContextManager[AsyncSession]",
+    ),
+    f"{PACKAGE}.flask_scoped_session.fresh": ("(**kw)", "AbstractContextManager[Session]"),
+}
+
+
+def _fix_signature(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str] | None:
+    """Replace the signatures in ``FIXED_SIGNATURES``; leave the others as they are."""
+    return FIXED_SIGNATURES.get(name)
+
+
 def setup(app: Sphinx) -> None:
     _run_type_checking_blocks()
+    app.connect("autodoc-process-signature", _fix_signature)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import types
 
+import pytest
 import sqlalchemy.ext.asyncio
 import sqlalchemy.orm
 from werkzeug.local import LocalProxy
 
 import async_scoped_session_ext
 from async_scoped_session_ext import (
+    _proxy,
     async_scoped_session,
     current_session,
     flask_scoped_session,
@@ -20,8 +22,9 @@ def test_all_lists_exactly_the_public_names() -> None:
     """``__all__`` is the sorted list of the module's public, non-module names."""
     public = sorted(
         name
-        for name, value in vars(async_scoped_session_ext).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(async_scoped_session_ext)
+        if not name.startswith("_")
+        and not isinstance(getattr(async_scoped_session_ext, name), types.ModuleType)
     )
     assert async_scoped_session_ext.__all__ == public
     assert public == [
@@ -52,3 +55,13 @@ def test_classes_subclass_sqlalchemy_scoped_sessions() -> None:
 def test_current_session_is_a_proxy() -> None:
     """``current_session`` is a werkzeug ``LocalProxy``, resolved on access, not at import."""
     assert isinstance(current_session, LocalProxy)
+
+
+def test_names_are_imported_on_first_use() -> None:
+    """Each public name is the object its private module defines; a typo is an AttributeError."""
+    for name in async_scoped_session_ext.__all__:
+        value = getattr(async_scoped_session_ext, name)
+        assert vars(async_scoped_session_ext)[name] is value  # cached after the first use
+    assert async_scoped_session_ext.current_session is _proxy.current_session
+    with pytest.raises(AttributeError, match="has no attribute 'current_sesion'"):
+        getattr(async_scoped_session_ext, "current_sesion")  # noqa: B009
