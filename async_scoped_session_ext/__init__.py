@@ -10,14 +10,21 @@ import typing as t
 
 if t.TYPE_CHECKING:
     from ._async import async_scoped_session
-    from ._proxy import current_session, get_scoped_session
+    from ._proxy import (
+        current_async_session,
+        current_session,
+        current_sync_session,
+        get_scoped_session,
+    )
     from ._registry import EngineRegistry
     from ._sync import flask_scoped_session
 
 __all__ = [
     "EngineRegistry",
     "async_scoped_session",
+    "current_async_session",
     "current_session",
+    "current_sync_session",
     "flask_scoped_session",
     "get_scoped_session",
 ]
@@ -26,7 +33,9 @@ __all__ = [
 _ORIGINS = {
     "EngineRegistry": "._registry",
     "async_scoped_session": "._async",
+    "current_async_session": "._proxy",
     "current_session": "._proxy",
+    "current_sync_session": "._proxy",
     "flask_scoped_session": "._sync",
     "get_scoped_session": "._proxy",
 }

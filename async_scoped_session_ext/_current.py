@@ -79,6 +79,46 @@ session_proxy = SessionProxy(current_scoped_session)
 """The object behind ``current_session`` (typed there)."""
 
 
+def current_of_kind(is_async: bool) -> ScopedLike:
+    """The current app's default scoped session of one kind: async, or sync."""
+    state = current_state()
+    scoped = state.async_default if is_async else state.sync_default
+    if scoped is not None:
+        return scoped
+    kind, view, other = (
+        ("async_scoped_session", "current_async_session", "current_sync_session")
+        if is_async
+        else ("flask_scoped_session", "current_sync_session", "current_async_session")
+    )
+    raise AttributeError(
+        f"The current app has no {kind}, and {view} stands for the app's default one (the"
+        f" one named 'default', else the first initialised). Create a {kind} and call"
+        f" 'init_app(app)' on it, or use {other} or current_session for the sessions the"
+        " app has."
+    )
+
+
+class KindProxy(LocalProxy):  # type: ignore[type-arg]
+    """The proxy behind ``current_sync_session`` / ``current_async_session``: the direct
+    path of :class:`SessionProxy` for public attributes, to the default of one kind."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> t.Any:
+        if name[0] == "_":
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "_get_current_object")(), name)
+
+    def __call__(self, **kw: t.Any) -> t.Any:
+        return object.__getattribute__(self, "_get_current_object")()(**kw)
+
+
+sync_proxy = KindProxy(lambda: current_of_kind(False))
+"""The object behind ``current_sync_session`` (typed there)."""
+async_proxy = KindProxy(lambda: current_of_kind(True))
+"""The object behind ``current_async_session`` (typed there)."""
+
+
 def shell_context() -> dict[str, object]:
     """What ``flask shell`` and ``quart shell`` get: the session proxy, ready to use."""
     return {"current_session": session_proxy}

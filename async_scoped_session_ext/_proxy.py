@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typing as t
 
-from ._current import current_scoped_session, current_state, session_proxy
+from ._current import async_proxy, current_scoped_session, current_state, session_proxy, sync_proxy
 
 if t.TYPE_CHECKING:
     from sqlalchemy import Executable
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
     from sqlalchemy.orm.identity import IdentityMap
     from sqlalchemy.orm.interfaces import ORMOption
     from sqlalchemy.util import IdentitySet
@@ -143,4 +145,24 @@ current_session: CurrentSession = t.cast(CurrentSession, session_proxy)
 ``await current_session.execute(...)`` in Quart and async views, ``current_session.query(...)``
 in sync Flask. ``current_session._get_current_object()`` is the scoped session itself and
 calling ``current_session()`` returns the context's session.
+"""
+
+
+current_sync_session: flask_scoped_session[Session] = t.cast(
+    "flask_scoped_session[Session]", sync_proxy
+)
+"""The current app's default :class:`flask_scoped_session`, exactly typed.
+
+The typed view of :data:`current_session` for sync code: ``current_sync_session.get(User,
+1)`` is a ``User | None`` to a type checker, where ``current_session.get(...)`` is ``Any``.
+Resolved on every access, like :data:`current_session`.
+"""
+
+current_async_session: async_scoped_session[AsyncSession] = t.cast(
+    "async_scoped_session[AsyncSession]", async_proxy
+)
+"""The current app's default :class:`async_scoped_session`, exactly typed.
+
+The typed view of :data:`current_session` for async code: ``await
+current_async_session.get(User, 1)`` is a ``User | None`` to a type checker.
 """

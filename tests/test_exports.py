@@ -30,7 +30,9 @@ def test_all_lists_exactly_the_public_names() -> None:
     assert public == [
         "EngineRegistry",
         "async_scoped_session",
+        "current_async_session",
         "current_session",
+        "current_sync_session",
         "flask_scoped_session",
         "get_scoped_session",
     ]
