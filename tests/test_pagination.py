@@ -203,13 +203,13 @@ async def test_quart_outside_a_request_and_in_a_websocket(async_engine: AsyncEng
 )
 def test_iter_pages(pages: int, page: int, expected: list[int | None]) -> None:
     """iter_pages gives the edges and the pages around the current one, None for gaps."""
-    pagination = Pagination([], page=page, per_page=10, total=pages * 10)
+    pagination: Pagination[str] = Pagination([], page=page, per_page=10, total=pages * 10)
     assert list(pagination.iter_pages()) == expected
 
 
 def test_iter_pages_with_other_widths() -> None:
     """iter_pages' four widths set how many pages each part shows."""
-    pagination = Pagination([], page=10, per_page=1, total=20)
+    pagination: Pagination[str] = Pagination([], page=10, per_page=1, total=20)
     assert list(
         pagination.iter_pages(left_edge=1, left_current=1, right_current=1, right_edge=0)
     ) == [1, None, 9, 10, 11, None]
