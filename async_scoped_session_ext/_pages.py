@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
-from sqlalchemy.orm import lazyload
 from werkzeug.exceptions import NotFound
 
 from ._app import get_state
@@ -107,9 +106,9 @@ def page_query(
     items = statement.limit(per_page).offset((page - 1) * per_page)
     counted = None
     if count:
-        # Without eager loads (their joins would count rows, not items) and without the
-        # order, which a count does not need.
-        every = statement.options(lazyload("*")).order_by(None).subquery()
+        # Without the order, which a count does not need. Eager loads (whose joins would
+        # count rows, not items) are never rendered in a subquery.
+        every = statement.order_by(None).subquery()
         counted = select(func.count()).select_from(every)
     return PageQuery(page, per_page, max_per_page, error_out, items, counted)
 
