@@ -15,10 +15,8 @@ if t.TYPE_CHECKING:
     from sqlalchemy import Executable, Result, Select
     from sqlalchemy.sql.selectable import TypedReturnsRows
 
+    from ._pages import AnySelect
     from .pagination import Pagination
-
-    #: Any select: its rows may have any number of columns.
-    AnySelect: t.TypeAlias = Select[*tuple[t.Any, ...]]
 
 _T = t.TypeVar("_T")
 _O = t.TypeVar("_O", bound=object)
@@ -208,7 +206,7 @@ class AsyncPages:
         count: bool = True,
     ) -> Pagination[t.Any]:
         """One page of *select*'s items, when awaited; the parameters are the sync
-        :meth:`flask_scoped_session.paginate`'s.
+        :meth:`~async_scoped_session_ext.flask_scoped_session.paginate`'s.
 
         :raises werkzeug.exceptions.NotFound: as *error_out* says.
         """

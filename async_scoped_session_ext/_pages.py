@@ -22,7 +22,8 @@ from .pagination import Pagination
 if t.TYPE_CHECKING:
     from sqlalchemy import Result
 
-    from ._page_methods import AnySelect
+    #: Any select: its rows may have any number of columns.
+    AnySelect: t.TypeAlias = Select[*tuple[t.Any, ...]]
 
 _T = t.TypeVar("_T")
 
