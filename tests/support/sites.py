@@ -32,7 +32,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from async_scoped_session_ext import async_scoped_session, flask_scoped_session
+from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 from async_scoped_session_ext._runner import runner
 from async_scoped_session_ext.pagination import Pagination
 
@@ -110,7 +110,9 @@ def add_sync_views(app: Flask, scoped: flask_scoped_session[Session]) -> None:
 
     @app.get("/todos/<int:ident>")
     def get_todo(ident: int) -> str:
-        return scoped.get_or_404(Todo, ident, description=described(ident)).title
+        # Through current_session, as an app would: it forwards to the scoped session.
+        todo: Todo = current_session.get_or_404(Todo, ident, description=described(ident))
+        return todo.title
 
     @app.get("/first/<title>")
     def first_todo(title: str) -> str:
@@ -135,7 +137,8 @@ def add_async_views(app: Flask | Quart, scoped: async_scoped_session[AsyncSessio
 
     @app.get("/todos/<int:ident>")
     async def get_todo(ident: int) -> str:
-        return (await scoped.get_or_404(Todo, ident, description=described(ident))).title
+        todo: Todo = await current_session.get_or_404(Todo, ident, description=described(ident))
+        return todo.title
 
     @app.get("/first/<title>")
     async def first_todo(title: str) -> str:
