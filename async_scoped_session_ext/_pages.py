@@ -122,13 +122,15 @@ def _resolve(
     error_out: bool,
 ) -> int:
     """The value of page argument *name*: *given*, else the query argument, else *default*."""
-    value: object = given
-    if value is None:
-        value = default if args is None else args.get(name, default)
-    try:
-        number = int(t.cast("str | int", value))
-    except (TypeError, ValueError):
-        number = 0
+    if given is not None:
+        number = given
+    elif args is None or name not in args:
+        return default
+    else:
+        try:
+            number = int(args[name])
+        except ValueError:
+            number = 0
     if number >= 1:
         return number
     if error_out:

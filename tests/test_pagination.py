@@ -8,6 +8,7 @@ from flask import Flask
 from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
+from werkzeug.exceptions import NotFound
 
 from async_scoped_session_ext import async_scoped_session, flask_scoped_session
 from async_scoped_session_ext.pagination import Pagination
@@ -161,6 +162,11 @@ def test_outside_a_request_the_defaults_apply(sync_engine: Engine) -> None:
         assert (page.page, page.per_page, page.total, page.items[-1].title) == (1, 20, 25, "t20")
         with pytest.raises(ValueError, match="max_per_page=0"):
             scoped.paginate(select(Todo), max_per_page=0)
+        with pytest.raises(NotFound, match="Invalid 'page'"):
+            scoped.paginate(select(Todo), page=0)
+        assert scoped.paginate(select(Todo), page=-1, per_page=-1, error_out=False).page == 1
+    with pytest.raises(RuntimeError, match="app context"):
+        scoped.paginate(select(Todo))  # the usual error: no app context, no session
 
 
 @needs_quart
