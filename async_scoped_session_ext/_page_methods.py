@@ -212,9 +212,8 @@ class AsyncPages:
         """
         query = page_query(select, page, per_page, max_per_page, error_out, count)
         items = query.items_of(await _awaits(self).execute(query.items))
-        if query.count is None:
-            return query.pagination(items, None)
-        return query.pagination(items, (await _awaits(self).execute(query.count)).scalar_one())
+        counted = None if query.count is None else await _awaits(self).execute(query.count)
+        return query.pagination(items, None if counted is None else counted.scalar_one())
 
 
 def _runs(scoped: SyncPages) -> _Runs:
