@@ -18,6 +18,7 @@ from ._context import ContextRegistry, record_of
 from ._frameworks import current_app_context
 from ._guard import GUARDED_METHODS, busy_elsewhere, guarded
 from ._misuse import check_async_access
+from ._page_methods import AsyncPages
 from ._runner import loop_running, runner
 
 if t.TYPE_CHECKING:
@@ -30,7 +31,7 @@ _T = t.TypeVar("_T")
 
 
 class async_scoped_session(
-    ScopedBase["async_sessionmaker[_AS]", _AS], _sa_async_scoped_session[_AS]
+    ScopedBase["async_sessionmaker[_AS]", _AS], _sa_async_scoped_session[_AS], AsyncPages
 ):
     """An :class:`~sqlalchemy.ext.asyncio.async_scoped_session` scoped to the app context.
 

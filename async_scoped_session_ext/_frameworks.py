@@ -58,6 +58,9 @@ class Framework(t.Protocol):
     def in_request(self) -> bool:
         """Whether a request (or websocket) is being handled in this context."""
 
+    def request_args(self) -> t.Mapping[str, str] | None:
+        """The query arguments of the request (or websocket) being handled, else ``None``."""
+
     def install(self, app: App, hooks: AppHooks) -> None:
         """Connect the teardown and the other signal receivers to *app*.
 
@@ -76,6 +79,11 @@ class FlaskFramework:
         from flask import has_request_context
 
         return has_request_context()
+
+    def request_args(self) -> t.Mapping[str, str] | None:
+        from flask import has_request_context, request
+
+        return request.args if has_request_context() else None
 
     def install(self, app: App, hooks: AppHooks) -> None:
         from flask.signals import appcontext_tearing_down
@@ -102,6 +110,13 @@ class QuartFramework:
         from quart import has_request_context, has_websocket_context
 
         return has_request_context() or has_websocket_context()
+
+    def request_args(self) -> t.Mapping[str, str] | None:
+        from quart import has_request_context, has_websocket_context, request, websocket
+
+        if has_request_context():
+            return request.args
+        return websocket.args if has_websocket_context() else None
 
     def install(self, app: App, hooks: AppHooks) -> None:
         from quart.signals import (

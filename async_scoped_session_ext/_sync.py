@@ -13,6 +13,7 @@ from ._base import ScopedBase
 from ._context import ContextRegistry
 from ._frameworks import current_app_context
 from ._misuse import check_sync_access
+from ._page_methods import SyncPages
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -22,7 +23,7 @@ if t.TYPE_CHECKING:
 _S = TypeVar("_S", bound=Session, default=Session)
 
 
-class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S]):
+class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S], SyncPages):
     """A :class:`~sqlalchemy.orm.scoped_session` whose scope is the current app context.
 
     A drop-in replacement for Flask-SQLAlchemy-Session 1.1: every app context (so every
