@@ -25,6 +25,7 @@ if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
     from ._app import AppState
+    from ._models import DeclarativeLike
 
 _AS = TypeVar("_AS", bound=AsyncSession, default=AsyncSession)
 _T = t.TypeVar("_T")
@@ -52,7 +53,9 @@ class async_scoped_session(
     :param name: the engine's name in the config (``"default"``), when there is no factory.
     :param session_options: keyword arguments for that ``async_sessionmaker``.
     :param metadata: the metadata of the models in this session's database, for
-        ``flask db create-all`` and migrations (see :doc:`migrations`).
+        ``flask db create-all`` and migrations (see :doc:`migrations`): ``Base.metadata``,
+        or the declarative base class ``Base`` itself, whose models ``flask shell`` /
+        ``quart shell`` then offer.
     :param close_timeout: seconds a close may take at teardown before the session's
         connections are invalidated instead of returned to the pool.
     :param shared_loop: Flask only, and app-wide. ``False`` keeps asgiref's default of a
@@ -71,7 +74,7 @@ class async_scoped_session(
         *,
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
-        metadata: MetaData | None = None,
+        metadata: MetaData | DeclarativeLike | None = None,
         close_timeout: float = 10.0,
         shared_loop: bool = True,
     ) -> None:

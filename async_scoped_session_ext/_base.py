@@ -10,17 +10,20 @@ import weakref
 from ._accessors import engine_of
 from ._app import register, session_factory_for
 from ._context import ContextRegistry
-from ._current import shell_context
 from ._engines import adopt
 from ._frameworks import current_app_context
 from ._misuse import check_factory, check_new_scope
+from ._models import split_models
+from ._shell import shell_context
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
     from sqlalchemy import MetaData
+    from sqlalchemy.orm import registry
 
     from ._app import AppState
     from ._engines import AppEngines
+    from ._models import DeclarativeLike
     from ._types import AnyEngine
 
 _F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
@@ -41,6 +44,9 @@ class ScopedBase(t.Generic[_F, _Session]):
     #: The metadata of the models in this scoped session's database (``None``: not given).
     #: ``flask db create-all`` and migrations use it.
     metadata: MetaData | None
+    #: The registry of its mapped models, when ``metadata=`` was a declarative base class
+    #: (the shell offers them).
+    models: registry | None
     #: How many sessions made by ``fresh()`` are open now.
     fresh_open: int
     _session_factory: _F | None
@@ -53,11 +59,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         app: App | None,
         name: str,
         session_options: t.Mapping[str, t.Any] | None,
-        metadata: MetaData | None,
+        metadata: MetaData | DeclarativeLike | None,
     ) -> None:
         check_factory(self._session_factory, is_async=self.is_async)
         self.name = name
-        self.metadata = metadata
+        self.metadata, self.models = split_models(metadata)
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
         self.fresh_open = 0

@@ -117,8 +117,3 @@ sync_proxy = KindProxy(lambda: current_of_kind(False))
 """The object behind ``current_sync_session`` (typed there)."""
 async_proxy = KindProxy(lambda: current_of_kind(True))
 """The object behind ``current_async_session`` (typed there)."""
-
-
-def shell_context() -> dict[str, object]:
-    """What ``flask shell`` and ``quart shell`` get: the session proxy, ready to use."""
-    return {"current_session": session_proxy}

@@ -19,6 +19,7 @@ if t.TYPE_CHECKING:
     from flask.sansio.app import App
 
     from ._app import AppState
+    from ._models import DeclarativeLike
 
 _S = TypeVar("_S", bound=Session, default=Session)
 
@@ -38,7 +39,9 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
     :param name: the engine's name in the config (``"default"``), when there is no factory.
     :param session_options: keyword arguments for that ``sessionmaker``.
     :param metadata: the metadata of the models in this session's database, for
-        ``flask db create-all`` and migrations (see :doc:`migrations`).
+        ``flask db create-all`` and migrations (see :doc:`migrations`): ``Base.metadata``,
+        or the declarative base class ``Base`` itself, whose models ``flask shell`` /
+        ``quart shell`` then offer.
     """
 
     is_async: t.ClassVar[bool] = False
@@ -52,7 +55,7 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
         *,
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
-        metadata: MetaData | None = None,
+        metadata: MetaData | DeclarativeLike | None = None,
     ) -> None:
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         factory = t.cast("sessionmaker[_S]", session_factory)

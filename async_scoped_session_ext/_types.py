@@ -7,7 +7,7 @@ import typing as t
 if t.TYPE_CHECKING:  # not at run time: a sync-only install cannot import them (no greenlet)
     from sqlalchemy import Engine, MetaData
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy.orm import registry, sessionmaker
 
 AnyEngine: t.TypeAlias = "Engine | AsyncEngine"
 AnyFactory: t.TypeAlias = "sessionmaker[t.Any] | async_sessionmaker[t.Any]"
@@ -27,6 +27,9 @@ class ScopedLike(t.Protocol):
 
     @property
     def metadata(self) -> MetaData | None: ...
+
+    @property
+    def models(self) -> registry | None: ...
 
     @property
     def given_factory(self) -> t.Callable[..., t.Any] | None:
