@@ -9,6 +9,8 @@ import weakref
 
 from ._accessors import engine_of
 from ._app import register, session_factory_for
+from ._changes import track_changes
+from ._commit import commit_on_success
 from ._context import ContextRegistry
 from ._current import shell_context
 from ._engines import adopt
@@ -41,6 +43,8 @@ class ScopedBase(t.Generic[_F, _Session]):
     #: The metadata of the models in this scoped session's database (``None``: not given).
     #: ``flask db create-all`` and migrations use it.
     metadata: MetaData | None
+    #: Whether the context's session is committed after a response with status < 400.
+    commit_on_success: bool
     #: How many sessions made by ``fresh()`` are open now.
     fresh_open: int
     _session_factory: _F | None
@@ -54,9 +58,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         name: str,
         session_options: t.Mapping[str, t.Any] | None,
         metadata: MetaData | None,
+        commit_on_success: bool = False,
     ) -> None:
         check_factory(self._session_factory, is_async=self.is_async)
         self.name = name
+        self.commit_on_success = commit_on_success
         self.metadata = metadata
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
@@ -95,6 +101,9 @@ class ScopedBase(t.Generic[_F, _Session]):
             app.shell_context_processor(shell_context)
         self._owners.add(state.engines)
         adopt(self._session_factory, self._owners)
+        track_changes(app, self._session_factory)  # the model signals, if the app opted in
+        if self.commit_on_success:
+            commit_on_success(app, self.registry)
         self._init_app(app, state)
 
     def configure(self, **kwargs: t.Any) -> None:
