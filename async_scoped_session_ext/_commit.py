@@ -6,12 +6,18 @@ before the response is sent, so a commit that fails turns the response into a 50
 decision is the same for Flask and Quart, sync and async; only the call differs: Flask's
 ``ensure_sync`` runs an ``AsyncSession``'s commit on the app's (shared) loop, Quart's
 ``ensure_async`` runs a ``Session``'s commit in a worker thread.
+
+A commit that fails invalidates the session's connections: the pool must not take them
+back as they are. SQLite keeps the transaction open when a deferred foreign key fails at
+COMMIT, and SQLAlchemy's pool, which saw the commit end the transaction, does not roll it
+back: every later commit on that connection would fail too (measured).
 """
 
 from __future__ import annotations
 
 import typing as t
 
+from ._close import logger
 from ._context import ContextRegistry, ensure_record, record_of
 from ._frameworks import current_app_context, is_quart_app
 
@@ -37,7 +43,14 @@ def commit_on_success(app: App, registry: ContextRegistry[t.Any]) -> None:
         async def commit_after_quart(response: _R) -> _R:
             session = session_to_commit(registry, response)
             if session is not None:
-                await quart_app.ensure_async(session.commit)()
+                try:
+                    await quart_app.ensure_async(session.commit)()
+                except BaseException:
+                    try:
+                        await quart_app.ensure_async(session.invalidate)()
+                    except Exception:
+                        _log_invalidate_failure()
+                    raise
             return response
 
         quart_app.after_request(commit_after_quart)
@@ -50,7 +63,14 @@ def commit_on_success(app: App, registry: ContextRegistry[t.Any]) -> None:
     def commit_after(response: _R) -> _R:
         session = session_to_commit(registry, response)
         if session is not None:
-            flask_app.ensure_sync(session.commit)()
+            try:
+                flask_app.ensure_sync(session.commit)()
+            except BaseException:
+                try:
+                    flask_app.ensure_sync(session.invalidate)()
+                except Exception:
+                    _log_invalidate_failure()
+                raise
         return response
 
     flask_app.after_request(commit_after)
@@ -78,3 +98,11 @@ def _mark_failed(sender: object, **kwargs: object) -> None:
     ctx = current_app_context()
     if ctx is not None:
         ensure_record(ctx).failed = True
+
+
+def _log_invalidate_failure() -> None:
+    logger.warning(
+        "Invalidating the connections of a session whose commit failed raised too; the"
+        " commit's error is the one raised.",
+        exc_info=True,
+    )

@@ -1,0 +1,118 @@
+"""commit_on_success=True: the context's session is committed before a response < 400 is
+sent, and a failing commit answers 500; sync Flask, Flask async and Quart, SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from async_scoped_session_ext import flask_scoped_session
+from async_scoped_session_ext._context import record_of
+
+from .support import committing
+from .support.committing import KINDS, Harness
+
+make_harness = committing.make_harness
+
+MakeHarness: t.TypeAlias = t.Callable[..., Harness]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("how", ["ok", "redirect", "handled_ok"])
+def test_success_commits(make_harness: MakeHarness, kind: str, how: str) -> None:
+    """A 2xx or 3xx answer (also one an error handler made) commits the view's writes."""
+    harness = make_harness(kind, commit_on_success=True)
+    assert harness.get(f"/add/kept/{how}") in (200, 302)
+    assert harness.titles() == ["kept"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("how", "status"), [("abort", 404), ("bad", 400), ("raise", 500), ("handled_bad", 409)]
+)
+def test_failure_rolls_back(make_harness: MakeHarness, kind: str, how: str, status: int) -> None:
+    """A 4xx or 5xx answer, or an exception, leaves the flushed writes rolled back."""
+    harness = make_harness(kind, commit_on_success=True)
+    assert harness.get(f"/add/lost/{how}") == status
+    assert harness.titles() == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_failing_commit_answers_500(make_harness: MakeHarness, kind: str) -> None:
+    """A commit that fails (a foreign key checked at COMMIT) gives a 500, and no row."""
+    harness = make_harness(kind, commit_on_success=True)
+    assert harness.get("/fail") == 500
+    assert harness.titles() == []
+    assert harness.get("/add/after/ok") == 200  # the app (and its pool) still works
+    assert harness.titles() == ["after"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_off_by_default(make_harness: MakeHarness, kind: str) -> None:
+    """Without commit_on_success a successful view's uncommitted writes are rolled back."""
+    harness = make_harness(kind)
+    assert harness.get("/add/lost/ok") == 200
+    assert harness.titles() == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_config_made_factory(make_harness: MakeHarness, kind: str) -> None:
+    """A scoped session whose factory is made from the config commits on success too."""
+    harness = make_harness(kind, configured=True, commit_on_success=True)
+    assert harness.get("/add/kept/ok") == 200
+    assert harness.get("/add/lost/bad") == 400
+    assert harness.titles() == ["kept"]
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if "flask_async" not in str(kind)])
+def test_streamed_response(make_harness: MakeHarness, kind: str) -> None:
+    """A streamed view's writes before the stream are committed; those made while it
+    streams are not (the commit runs before the body is sent)."""
+    harness = make_harness(kind, commit_on_success=True)
+    assert harness.get("/add/early/stream") == 200
+    assert harness.titles() == ["early"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_session_made(make_harness: MakeHarness, kind: str) -> None:
+    """A request that never used the session does not get one from the commit."""
+    harness = make_harness(kind, commit_on_success=True)
+    seen: list[bool] = []
+
+    def check(exc: BaseException | None) -> None:  # after every after_request function
+        from async_scoped_session_ext._frameworks import current_app_context
+
+        ctx = current_app_context()
+        record = record_of(ctx) if ctx is not None else None
+        seen.append(record is not None and bool(record.sessions))
+
+    harness.app.teardown_request(check)
+    assert harness.get("/none") == 200
+    assert seen == [False]
+
+
+def test_commit_rule_documented_for_unhandled_errors_with_a_500_handler(tmp_path: t.Any) -> None:
+    """An unhandled exception answered < 400 by a 500 handler is still not committed."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    committing.Base.metadata.create_all(engine)
+    app = Flask(__name__)
+    scoped = flask_scoped_session(sessionmaker(engine), app, commit_on_success=True)
+
+    @app.route("/")
+    def view() -> str:
+        scoped.add(committing.Note(title="lost"))
+        scoped.flush()
+        raise RuntimeError("unhandled")
+
+    app.register_error_handler(500, lambda error: ("sorry", 200))
+    try:
+        assert app.test_client().get("/").status_code == 200
+        with engine.connect() as conn:
+            assert conn.scalars(committing.select(committing.Note.title)).all() == []
+    finally:
+        engine.dispose()
