@@ -27,7 +27,6 @@ if t.TYPE_CHECKING:
     from quart import Quart
 
 
-
 class _Response(t.Protocol):
     status_code: int
 

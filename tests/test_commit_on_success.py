@@ -8,7 +8,7 @@ import typing as t
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
 from async_scoped_session_ext import flask_scoped_session
@@ -113,6 +113,6 @@ def test_commit_rule_documented_for_unhandled_errors_with_a_500_handler(tmp_path
     try:
         assert app.test_client().get("/").status_code == 200
         with engine.connect() as conn:
-            assert conn.scalars(committing.select(committing.Note.title)).all() == []
+            assert conn.scalars(select(committing.Note.title)).all() == []
     finally:
         engine.dispose()

@@ -21,6 +21,8 @@ from async_scoped_session_ext._runner import runner
 from .databases import database_url
 from .environment import HAS_QUART
 
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+
 #: "framework-backend": sync Flask, Flask async (on the shared loop), Quart.
 KINDS = [
     "flask-sqlite",
@@ -49,9 +51,7 @@ class Child(Base):
     __tablename__ = "asse_test_commit_child"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    note_id: Mapped[int] = mapped_column(
-        ForeignKey(Note.id, deferrable=True, initially="DEFERRED")
-    )
+    note_id: Mapped[int] = mapped_column(ForeignKey(Note.id, deferrable=True, initially="DEFERRED"))
 
 
 def _sqlite_foreign_keys(dbapi_connection: t.Any, record: object) -> None:
@@ -128,7 +128,7 @@ class Harness:
                 await response.get_data()
                 return t.cast(int, response.status_code)
 
-            return t.cast(int, self.loop.run(get()))
+            return self.loop.run(get())
         response = self.app.test_client().get(path)
         response.get_data()
         response.close()
@@ -208,10 +208,11 @@ def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
 
     app.errorhandler(ValueError)(lambda error: ("handled", 200))
     app.errorhandler(KeyError)(lambda error: ("handled", 409))
+    route = t.cast("t.Callable[[str], t.Callable[[_F], _F]]", app.route)
 
     if not is_async:
 
-        @app.route("/add/<title>/<how>")
+        @route("/add/<title>/<how>")
         def add(title: str, how: str) -> t.Any:
             scoped.add(Note(title=title))
             scoped.flush()
@@ -219,29 +220,28 @@ def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
                 scoped.commit()
             if how == "stream":
 
-                @stream_with_context
                 def body() -> cabc.Iterator[str]:
                     yield "first "
                     scoped.add(Note(title=f"{title}-late"))
                     scoped.flush()
                     yield "last"
 
-                return app.response_class(body())
+                return app.response_class(stream_with_context(body()))
             return finish(how, title)
 
-        @app.route("/update/<old>/<new>")
+        @route("/update/<old>/<new>")
         def update(old: str, new: str) -> str:
             scoped.scalars(select(Note).filter_by(title=old)).one().title = new
             scoped.commit()
             return "ok"
 
-        @app.route("/delete/<title>")
+        @route("/delete/<title>")
         def delete(title: str) -> str:
             scoped.delete(scoped.scalars(select(Note).filter_by(title=title)).one())
             scoped.commit()
             return "ok"
 
-        @app.route("/fail")
+        @route("/fail")
         def fail() -> str:
             scoped.add(Note(title="parent-missing"))
             scoped.add(Child(note_id=999_999))
@@ -250,7 +250,7 @@ def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
 
     else:
 
-        @app.route("/add/<title>/<how>")
+        @route("/add/<title>/<how>")
         async def add_async(title: str, how: str) -> t.Any:
             scoped.add(Note(title=title))
             await scoped.flush()
@@ -260,26 +260,26 @@ def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
                 return stream_async(app, scoped, title)
             return finish(how, title)
 
-        @app.route("/update/<old>/<new>")
+        @route("/update/<old>/<new>")
         async def update_async(old: str, new: str) -> str:
             (await scoped.scalars(select(Note).filter_by(title=old))).one().title = new
             await scoped.commit()
             return "ok"
 
-        @app.route("/delete/<title>")
+        @route("/delete/<title>")
         async def delete_async(title: str) -> str:
             await scoped.delete((await scoped.scalars(select(Note).filter_by(title=title))).one())
             await scoped.commit()
             return "ok"
 
-        @app.route("/fail")
+        @route("/fail")
         async def fail_async() -> str:
             scoped.add(Note(title="parent-missing"))
             scoped.add(Child(note_id=999_999))
             await scoped.flush()
             return "ok"
 
-    @app.route("/none")
+    @route("/none")
     def nothing() -> str:
         return "ok"
 
