@@ -9,7 +9,7 @@ import weakref
 
 from ._accessors import engine_of
 from ._app import register, session_factory_for
-from ._changes import track_changes
+from ._changes import keep_tracking, track_changes
 from ._commit import commit_on_success
 from ._context import ContextRegistry
 from ._current import shell_context
@@ -114,6 +114,7 @@ class ScopedBase(t.Generic[_F, _Session]):
         """
         t.cast(t.Any, super()).configure(**kwargs)
         adopt(self._session_factory, self._owners)
+        keep_tracking(self._session_factory)
 
     def _engine(self, app: App | None) -> AnyEngine:
         """What ``get_engine`` returns, typed by each kind (see ``_accessors.engine_of``)."""

@@ -27,6 +27,8 @@ _INFO_KEY = "async_scoped_session_ext.changes"
 
 #: The sync session classes made here for async session factories.
 _made: weakref.WeakSet[type[Session]] = weakref.WeakSet()
+#: The session factories tracked (their sync session class may be reconfigured).
+_tracked: weakref.WeakSet[object] = weakref.WeakSet()
 
 
 class _Changes:
@@ -59,9 +61,19 @@ def track_changes(app: App, factory: object) -> None:
     Called when the library takes charge of a factory: at ``init_app`` for a given one,
     when it is made for one made from the config.
     """
-    if factory is None or not app.config.get(CONFIG_KEY):
-        return
+    if factory is not None and app.config.get(CONFIG_KEY):
+        _listen(factory)
+
+
+def keep_tracking(factory: object) -> None:
+    """After *factory* was reconfigured: track its (maybe new) sync session class too."""
+    if factory in _tracked:
+        _listen(factory)
+
+
+def _listen(factory: object) -> None:
     target = _session_class(factory)
+    _tracked.add(factory)
     if event.contains(target, "after_flush", _after_flush):
         return  # another app, or scoped session, already tracks this factory
     event.listen(target, "after_flush", _after_flush)

@@ -80,6 +80,18 @@ def test_insert_update_delete(
     assert received.after == [["insert"], ["update"], ["delete"]]
 
 
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if "flask-" not in str(kind)])
+def test_async_factory_reconfigured(
+    make_harness: MakeHarness, receive: t.Callable[[t.Any], Received], kind: str
+) -> None:
+    """An async factory given another sync session class by configure() still sends."""
+    harness = make_harness(kind, app_config=TRACK)
+    received = receive(harness.app)
+    harness.scoped.configure(sync_session_class=type("OwnSession", (Session,), {}))
+    assert harness.get("/add/a/commit") == 200
+    assert received.after == [["insert"]]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_off_by_default(
     make_harness: MakeHarness, receive: t.Callable[[t.Any], Received], kind: str
