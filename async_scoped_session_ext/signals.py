@@ -8,13 +8,13 @@ sync and async sessions, in Flask and Quart apps. An app opts in with
 
 from __future__ import annotations
 
-from blinker import Namespace
+from blinker import NamedSignal, Namespace
 
 __all__ = ["before_models_committed", "models_committed"]
 
 _signals = Namespace()
 
-before_models_committed = _signals.signal("before-models-committed")
+before_models_committed: NamedSignal = _signals.signal("before-models-committed")
 """Sent when a session of an app that opted in is about to commit changed models.
 
 The sender is the app of the current app context; the receiver gets ``changes``, a list of
@@ -23,7 +23,7 @@ The sender is the app of the current app context; the receiver gets ``changes``,
 may read the instances (and change more; those changes are committed too).
 """
 
-models_committed = _signals.signal("models-committed")
+models_committed: NamedSignal = _signals.signal("models-committed")
 """Sent after a session of an app that opted in committed changed models.
 
 The same arguments as :data:`before_models_committed`. The transaction is over: with the

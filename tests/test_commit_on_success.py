@@ -7,11 +7,15 @@ from __future__ import annotations
 import typing as t
 
 import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
 
+from async_scoped_session_ext import flask_scoped_session
 from async_scoped_session_ext._context import record_of
 
 from .support import committing
 from .support.committing import KINDS, Harness
+from .support.environment import HAS_QUART, QUART_MISSING
 
 make_harness = committing.make_harness
 
@@ -99,3 +103,26 @@ def test_unhandled_error_answered_below_400(make_harness: MakeHarness, kind: str
     harness.app.register_error_handler(500, lambda error: ("sorry", 200))
     assert harness.get("/add/lost/raise") == 200
     assert harness.titles() == []
+
+
+@pytest.mark.skipif(not HAS_QUART, reason=QUART_MISSING)
+async def test_quart_sync_session(sync_engine: Engine) -> None:
+    """A sync scoped session in a Quart app commits on success too (in a worker thread)."""
+    from quart import Quart
+
+    committing.Base.metadata.create_all(sync_engine)
+    app = Quart(__name__)
+    scoped = flask_scoped_session(sessionmaker(sync_engine), app, commit_on_success=True)
+
+    @app.route("/<title>/<int:status>")
+    def add(title: str, status: int) -> tuple[str, int]:
+        scoped.add(committing.Note(title=title))
+        return "done", status
+
+    try:
+        assert (await app.test_client().get("/kept/201")).status_code == 201
+        assert (await app.test_client().get("/lost/409")).status_code == 409
+        with sync_engine.connect() as conn:
+            assert conn.scalars(select(committing.Note.title)).all() == ["kept"]
+    finally:
+        committing.Base.metadata.drop_all(sync_engine)
