@@ -10,14 +10,14 @@ decision is the same for Flask and Quart, sync and async; only the call differs:
 A commit that fails invalidates the session's connections: the pool must not take them
 back as they are. SQLite keeps the transaction open when a deferred foreign key fails at
 COMMIT, and SQLAlchemy's pool, which saw the commit end the transaction, does not roll it
-back: every later commit on that connection would fail too (measured).
+back: every later commit on that connection would fail too (measured). Should the
+invalidation fail as well, its error is raised, with the commit's chained to it.
 """
 
 from __future__ import annotations
 
 import typing as t
 
-from ._close import logger
 from ._context import ContextRegistry, ensure_record, record_of
 from ._frameworks import current_app_context, is_quart_app
 
@@ -45,10 +45,7 @@ def commit_on_success(app: App, registry: ContextRegistry[t.Any]) -> None:
                 try:
                     await quart_app.ensure_async(session.commit)()
                 except BaseException:
-                    try:
-                        await quart_app.ensure_async(session.invalidate)()
-                    except Exception:
-                        _log_invalidate_failure()
+                    await quart_app.ensure_async(session.invalidate)()
                     raise
             return response
 
@@ -65,10 +62,7 @@ def commit_on_success(app: App, registry: ContextRegistry[t.Any]) -> None:
             try:
                 flask_app.ensure_sync(session.commit)()
             except BaseException:
-                try:
-                    flask_app.ensure_sync(session.invalidate)()
-                except Exception:
-                    _log_invalidate_failure()
+                flask_app.ensure_sync(session.invalidate)()
                 raise
         return response
 
@@ -97,11 +91,3 @@ def _mark_failed(sender: object, **kwargs: object) -> None:
     ctx = current_app_context()
     if ctx is not None:
         ensure_record(ctx).failed = True
-
-
-def _log_invalidate_failure() -> None:
-    logger.warning(
-        "Invalidating the connections of a session whose commit failed raised too; the"
-        " commit's error is the one raised.",
-        exc_info=True,
-    )
