@@ -27,6 +27,9 @@ _INFO_KEY = "async_scoped_session_ext.changes"
 
 #: The sync session classes made here for async session factories.
 _made: weakref.WeakSet[type[Session]] = weakref.WeakSet()
+#: The session classes listened to. Not ``event.contains()``: SQLAlchemy's registry is
+#: keyed by ``id()``, and answered yes for a new class at the address of a dead one.
+_listening: weakref.WeakSet[type[Session]] = weakref.WeakSet()
 #: The session factories tracked (their sync session class may be reconfigured).
 _tracked: weakref.WeakSet[object] = weakref.WeakSet()
 
@@ -74,8 +77,9 @@ def keep_tracking(factory: object) -> None:
 def _listen(factory: object) -> None:
     target = _session_class(factory)
     _tracked.add(factory)
-    if event.contains(target, "after_flush", _after_flush):
+    if target in _listening:
         return  # another app, or scoped session, already tracks this factory
+    _listening.add(target)
     event.listen(target, "after_flush", _after_flush)
     event.listen(target, "after_transaction_create", _after_transaction_create)
     event.listen(target, "after_soft_rollback", _after_soft_rollback)
