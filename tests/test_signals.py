@@ -207,3 +207,18 @@ def test_factory_that_cannot_be_tracked(engine: Engine) -> None:
     app.config.update(TRACK)
     with pytest.raises(TypeError, match="not a sessionmaker or async_sessionmaker"):
         flask_scoped_session(lambda: Session(engine), app)
+
+
+def test_sent_under_isolate(engine: Engine, receive: t.Callable[[t.Any], Received]) -> None:
+    """A test that isolates the app's database work still gets the signals."""
+    from async_scoped_session_ext.testing import isolate
+
+    app, scoped = tracked_app(sessionmaker(engine))
+    received = receive(app)
+    with isolate(app), app.app_context():
+        scoped.add(Note(title="isolated"))
+        scoped.commit()
+    assert received.before == [[("insert", "isolated")]]
+    assert received.after == [["insert"]]
+    with engine.connect() as conn:
+        assert conn.scalars(select(Note.title)).all() == []  # rolled back by isolate
