@@ -84,12 +84,14 @@ def test_insert_update_delete(
 def test_async_factory_reconfigured(
     make_harness: MakeHarness, receive: t.Callable[[t.Any], Received], kind: str
 ) -> None:
-    """An async factory given another sync session class by configure() still sends."""
+    """An async factory reconfigured (options, another sync session class) sends once."""
     harness = make_harness(kind, app_config=TRACK)
     received = receive(harness.app)
-    harness.scoped.configure(sync_session_class=type("OwnSession", (Session,), {}))
+    harness.scoped.configure(expire_on_commit=True)
     assert harness.get("/add/a/commit") == 200
-    assert received.after == [["insert"]]
+    harness.scoped.configure(sync_session_class=type("OwnSession", (Session,), {}))
+    assert harness.get("/add/b/commit") == 200
+    assert received.after == [["insert"], ["insert"]]
 
 
 @pytest.mark.parametrize("kind", KINDS)
