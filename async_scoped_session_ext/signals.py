@@ -27,6 +27,7 @@ models_committed: NamedSignal = _signals.signal("models-committed")
 """Sent after a session of an app that opted in committed changed models.
 
 The same arguments as :data:`before_models_committed`. The transaction is over: with the
-default ``expire_on_commit=True`` the instances are expired, and loading them again here
-is not possible in async code; read what you need in :data:`before_models_committed`.
+default ``expire_on_commit=True`` the instances are expired, and reading an attribute loads
+it again (a query, in a new transaction); read what you need in
+:data:`before_models_committed` instead.
 """
