@@ -9,6 +9,8 @@ import weakref
 
 from ._accessors import engine_of
 from ._app import register, session_factory_for
+from ._changes import keep_tracking, track_changes
+from ._commit import commit_on_success
 from ._context import ContextRegistry
 from ._engines import adopt
 from ._frameworks import current_app_context
@@ -47,6 +49,8 @@ class ScopedBase(t.Generic[_F, _Session]):
     #: The registry of its mapped models, when ``metadata=`` was a declarative base class
     #: (the shell offers them).
     models: registry | None
+    #: Whether the context's session is committed after a response with status < 400.
+    commit_on_success: bool
     #: How many sessions made by ``fresh()`` are open now.
     fresh_open: int
     _session_factory: _F | None
@@ -60,9 +64,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         name: str,
         session_options: t.Mapping[str, t.Any] | None,
         metadata: MetaData | DeclarativeLike | None,
+        commit_on_success: bool = False,
     ) -> None:
         check_factory(self._session_factory, is_async=self.is_async)
         self.name = name
+        self.commit_on_success = commit_on_success
         self.metadata, self.models = split_models(metadata)
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
@@ -101,6 +107,9 @@ class ScopedBase(t.Generic[_F, _Session]):
             app.shell_context_processor(shell_context)
         self._owners.add(state.engines)
         adopt(self._session_factory, self._owners)
+        track_changes(app, self._session_factory)  # the model signals, if the app opted in
+        if self.commit_on_success:
+            commit_on_success(app, self.registry)
         self._init_app(app, state)
 
     def configure(self, **kwargs: t.Any) -> None:
@@ -111,6 +120,7 @@ class ScopedBase(t.Generic[_F, _Session]):
         """
         t.cast(t.Any, super()).configure(**kwargs)
         adopt(self._session_factory, self._owners)
+        keep_tracking(self._session_factory)
 
     def _engine(self, app: App | None) -> AnyEngine:
         """What ``get_engine`` returns, typed by each kind (see ``_accessors.engine_of``)."""

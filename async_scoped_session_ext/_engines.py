@@ -19,6 +19,7 @@ from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.orm import sessionmaker
 
+from ._changes import track_changes
 from ._connect import connect_outside_context
 from ._runner import runner
 from ._sa_asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -255,6 +256,9 @@ class AppEngines:
                     factory = async_sessionmaker(bind=engine, **options)
                 else:
                     factory = sessionmaker(bind=engine, **session_options)
+                app = self._app()
+                if app is not None:
+                    track_changes(app, factory)  # the model signals, if the app opted in
                 self._factories[key] = factory
             return factory
 
