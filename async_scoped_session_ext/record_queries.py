@@ -146,14 +146,18 @@ def _finished(
         return
     delattr(context, _STARTED)
     record = ensure_record(ctx)
-    if record.queries is None:
-        record.queries = []
-    record.queries.append(QueryInfo(statement, parameters, t.cast(float, start), end, _location()))
+    queries = record.queries
+    if queries is None:
+        with _listening:  # threads that share the context (copy_current_request_context)
+            queries = record.queries = [] if record.queries is None else record.queries
+    queries.append(QueryInfo(statement, parameters, t.cast(float, start), end, _location()))
 
 
 # -- the caller's location -------------------------------------------------------------------
 
-#: The top-level packages whose frames are never "your code".
+#: The top-level modules whose frames are never "your code": the libraries a statement
+#: passes through, then the servers and the standard library's thread and task machinery
+#: (reached only when no frame of yours is on the stack).
 _SKIPPED = frozenset(
     {
         "sqlalchemy",
@@ -168,6 +172,11 @@ _SKIPPED = frozenset(
         "contextlib",
         "concurrent",
         "threading",
+        "socketserver",
+        "hypercorn",
+        "uvicorn",
+        "gunicorn",
+        "gevent",
     }
 )
 
