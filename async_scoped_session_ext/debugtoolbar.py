@@ -18,8 +18,9 @@ panel replaces it.
 
 flask-debugtoolbar calls the view without Flask's ``ensure_sync``, so an ``async def`` view
 fails under it with "the view function did not return a valid response ... a coroutine".
-This panel runs such a view the way Flask does (on the library's shared loop), so async
-views work whenever the toolbar is shown and this panel is listed.
+This panel runs such a view the way Flask does (``app.ensure_sync``: on the library's shared
+loop once the app has an async scoped session), so async views work whenever the toolbar is
+shown and this panel is listed.
 """
 
 from __future__ import annotations
