@@ -8,7 +8,7 @@ import typing as t
 import weakref
 
 from ._accessors import engine_of
-from ._app import register, session_factory_for
+from ._app import get_state, register, session_factory_for
 from ._changes import keep_tracking, track_changes
 from ._commit import commit_on_success
 from ._context import ContextRegistry
@@ -17,6 +17,7 @@ from ._frameworks import current_app_context
 from ._misuse import check_factory, check_new_scope
 from ._models import split_models
 from ._shell import shell_context
+from .record_queries import RECORD_QUERIES_KEY, _watch
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -161,6 +162,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         """A new session for ``fresh()``, after the same checks as the scoped session's."""
         self._check_access()
         session = self.session_factory(**kw)
+        ctx = current_app_context()  # as check_new_scope does for the scoped sessions
+        if ctx is not None and ctx.app.config.get(RECORD_QUERIES_KEY, False):
+            state = get_state(ctx.app)
+            if state is not None and self in state.members:
+                _watch(self, state)
         with self._fresh_lock:
             self.fresh_open += 1
         return session
