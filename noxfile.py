@@ -126,7 +126,7 @@ def _require_complete_types(session: nox.Session, package: str) -> None:
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs with Sphinx into docs/_build/html; any warning fails the build."""
-    session.install(".[quart]", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.install(".[quart,debugtoolbar]", *nox.project.dependency_groups(PYPROJECT, "docs"))
     # A fresh build every time: Sphinx re-reads only changed pages, so an incremental build
     # would not repeat the warnings of unchanged ones.
     shutil.rmtree("docs/_build", ignore_errors=True)
@@ -341,7 +341,10 @@ for name in sys.argv[1:]:
     except importlib.metadata.PackageNotFoundError:
         print(f"{name:>18} (not installed)")
 """
-IMPORT_ALL = "import async_scoped_session_ext.pgbouncer, async_scoped_session_ext.replicas"
+IMPORT_ALL = (
+    "import async_scoped_session_ext.pgbouncer, async_scoped_session_ext.replicas,"
+    " async_scoped_session_ext.record_queries, async_scoped_session_ext.debugtoolbar"
+)
 UNRELEASED_WHEELS = "ASSE_FLASK_MAIN_WHEELS"  # a directory; ../shared/wheels when unset
 
 

@@ -56,6 +56,9 @@ class async_scoped_session(
         ``flask db create-all`` and migrations (see :doc:`migrations`): ``Base.metadata``,
         or the declarative base class ``Base`` itself, whose models ``flask shell`` /
         ``quart shell`` then offer.
+    :param commit_on_success: commit the context's session after the view returned a
+        response with a status below 400, before it is sent (see
+        :doc:`signals-and-commits`).
     :param close_timeout: seconds a close may take at teardown before the session's
         connections are invalidated instead of returned to the pool.
     :param shared_loop: Flask only, and app-wide. ``False`` keeps asgiref's default of a
@@ -75,6 +78,7 @@ class async_scoped_session(
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
         metadata: MetaData | DeclarativeLike | None = None,
+        commit_on_success: bool = False,
         close_timeout: float = 10.0,
         shared_loop: bool = True,
     ) -> None:
@@ -82,7 +86,7 @@ class async_scoped_session(
         super().__init__(factory, scopefunc=current_app_context)
         self.close_timeout = close_timeout
         self.shared_loop = shared_loop
-        self._setup(app, name, session_options, metadata)
+        self._setup(app, name, session_options, metadata, commit_on_success)
 
     def get_engine(self, app: App | None = None) -> AsyncEngine:
         """The engine this scoped session's sessions use in *app* (default: the current app).

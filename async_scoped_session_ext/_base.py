@@ -8,13 +8,16 @@ import typing as t
 import weakref
 
 from ._accessors import engine_of
-from ._app import register, session_factory_for
+from ._app import get_state, register, session_factory_for
+from ._changes import keep_tracking, track_changes
+from ._commit import commit_on_success
 from ._context import ContextRegistry
 from ._engines import adopt
 from ._frameworks import current_app_context
 from ._misuse import check_factory, check_new_scope
 from ._models import split_models
 from ._shell import shell_context
+from .record_queries import RECORD_QUERIES_KEY, _watch
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -47,6 +50,8 @@ class ScopedBase(t.Generic[_F, _Session]):
     #: The registry of its mapped models, when ``metadata=`` was a declarative base class
     #: (the shell offers them).
     models: registry | None
+    #: Whether the context's session is committed after a response with status < 400.
+    commit_on_success: bool
     #: How many sessions made by ``fresh()`` are open now.
     fresh_open: int
     _session_factory: _F | None
@@ -60,9 +65,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         name: str,
         session_options: t.Mapping[str, t.Any] | None,
         metadata: MetaData | DeclarativeLike | None,
+        commit_on_success: bool = False,
     ) -> None:
         check_factory(self._session_factory, is_async=self.is_async)
         self.name = name
+        self.commit_on_success = commit_on_success
         self.metadata, self.models = split_models(metadata)
         self.session_options = dict(session_options or {})
         self._fresh_lock = threading.Lock()
@@ -101,6 +108,9 @@ class ScopedBase(t.Generic[_F, _Session]):
             app.shell_context_processor(shell_context)
         self._owners.add(state.engines)
         adopt(self._session_factory, self._owners)
+        track_changes(app, self._session_factory)  # the model signals, if the app opted in
+        if self.commit_on_success:
+            commit_on_success(app, self.registry)
         self._init_app(app, state)
 
     def configure(self, **kwargs: t.Any) -> None:
@@ -111,6 +121,7 @@ class ScopedBase(t.Generic[_F, _Session]):
         """
         t.cast(t.Any, super()).configure(**kwargs)
         adopt(self._session_factory, self._owners)
+        keep_tracking(self._session_factory)
 
     def _engine(self, app: App | None) -> AnyEngine:
         """What ``get_engine`` returns, typed by each kind (see ``_accessors.engine_of``)."""
@@ -151,6 +162,11 @@ class ScopedBase(t.Generic[_F, _Session]):
         """A new session for ``fresh()``, after the same checks as the scoped session's."""
         self._check_access()
         session = self.session_factory(**kw)
+        ctx = current_app_context()  # as check_new_scope does for the scoped sessions
+        if ctx is not None and ctx.app.config.get(RECORD_QUERIES_KEY, False):
+            state = get_state(ctx.app)
+            if state is not None and self in state.members:
+                _watch(self, state)
         with self._fresh_lock:
             self.fresh_open += 1
         return session

@@ -60,7 +60,7 @@ class AppContextLike(t.Protocol):
 class ContextRecord:
     """The sessions one app context opened, and whether its teardown has begun."""
 
-    __slots__ = ("sessions", "torn_down", "failed", "loop", "app", "__weakref__")
+    __slots__ = ("sessions", "torn_down", "failed", "loop", "app", "queries", "__weakref__")
 
     def __init__(self, context: AppContextLike) -> None:
         #: Each scoped session's registry, with the session it opened in this context.
@@ -76,6 +76,8 @@ class ContextRecord:
         self.loop: asyncio.AbstractEventLoop | None = None
         #: For the warning after a missed teardown, when the context itself is gone.
         self.app: t.Any = context.app
+        #: The statements recorded in the context (``record_queries``), made on the first.
+        self.queries: list[t.Any] | None = None
 
     def take(self, *, only_async: bool = False) -> list[tuple[ScopedLike, t.Any]]:
         """Remove and return the sessions (only those of async scoped sessions, if asked)."""

@@ -12,6 +12,7 @@ from ._app import EXTENSION_KEY, NOT_INITIALISED, get_state
 from ._frameworks import current_app_context
 from ._runner import runner
 from ._sa_asyncio import AsyncEngine, async_sessionmaker
+from .record_queries import RECORD_QUERIES_KEY, _watch
 
 if t.TYPE_CHECKING:
     from ._app import AppState
@@ -49,11 +50,16 @@ _SYNC_IN_ASYNC = (
 
 
 def check_new_scope(scoped: ScopedLike, ctx: AppContextLike) -> None:
-    """Refuse to open a session in an app that would never close it."""
+    """Refuse to open a session in an app that would never close it.
+
+    Then, if the app records queries, make sure its engines are listened to.
+    """
     # Inline, not is_initialised(): this runs for every new session.
     state: AppState | None = ctx.app.extensions.get(EXTENSION_KEY)
     if state is None or scoped not in state.members:
         raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
+    if ctx.app.config.get(RECORD_QUERIES_KEY, False):  # off: this look-up is all it costs
+        _watch(scoped, state)
 
 
 def _current_app() -> t.Any:

@@ -7,7 +7,8 @@ import typing as t
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import sessionmaker
 
-from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY, engines_of
+from ._config import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
+from ._engines import engines_of
 from ._sa_asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from ._types import AnyEngine, AnyFactory
 

@@ -42,6 +42,9 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
         ``flask db create-all`` and migrations (see :doc:`migrations`): ``Base.metadata``,
         or the declarative base class ``Base`` itself, whose models ``flask shell`` /
         ``quart shell`` then offer.
+    :param commit_on_success: commit the context's session after the view returned a
+        response with a status below 400, before it is sent (see
+        :doc:`signals-and-commits`).
     """
 
     is_async: t.ClassVar[bool] = False
@@ -56,11 +59,12 @@ class flask_scoped_session(ScopedBase["sessionmaker[_S]", _S], scoped_session[_S
         name: str = "default",
         session_options: t.Mapping[str, t.Any] | None = None,
         metadata: MetaData | DeclarativeLike | None = None,
+        commit_on_success: bool = False,
     ) -> None:
         # SQLAlchemy only calls the factory (and configure() needs a sessionmaker).
         factory = t.cast("sessionmaker[_S]", session_factory)
         super().__init__(factory, scopefunc=current_app_context)
-        self._setup(app, name, session_options, metadata)
+        self._setup(app, name, session_options, metadata, commit_on_success)
 
     def get_engine(self, app: App | None = None) -> Engine:
         """The engine this scoped session's sessions use in *app* (default: the current app).

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from ._app import get_state
-from ._engines import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
+from ._config import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
 from ._frameworks import is_quart_app
 from ._sa_asyncio import AsyncEngine, AsyncSession
 from .testing import Isolation, aisolate, isolate

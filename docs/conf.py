@@ -48,7 +48,14 @@ html_static_path = ["_static"]
 html_css_files = ["tables.css"]
 
 PACKAGE = "async_scoped_session_ext"
-DOCUMENTED_MODULES = [PACKAGE, f"{PACKAGE}.pgbouncer", f"{PACKAGE}.replicas", f"{PACKAGE}.testing"]
+DOCUMENTED_MODULES = [
+    PACKAGE,
+    f"{PACKAGE}.pgbouncer",
+    f"{PACKAGE}.replicas",
+    f"{PACKAGE}.testing",
+    f"{PACKAGE}.record_queries",
+    f"{PACKAGE}.debugtoolbar",
+]
 
 
 def _run_type_checking_blocks() -> None:

@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from async_scoped_session_ext import current_session, flask_scoped_session
-from async_scoped_session_ext._engines import AppEngines, create_configured_engine
+from async_scoped_session_ext._config import create_configured_engine
+from async_scoped_session_ext._engines import AppEngines
 
 from .support import config_apps
 from .support.config_apps import (
