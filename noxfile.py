@@ -303,12 +303,14 @@ COMPAT_CELLS = {
     # Every floor; Quart's needs Flask >= 3.0 and Werkzeug >= 3.0.
     "oldest": CompatCell(
         [*{**FLOORS, "flask": "flask==3.0.0", "werkzeug": "werkzeug==3.0.0"}.values()],
+        # Flask-SQLAlchemy 3.1 needs SQLAlchemy >= 2.0.16 (the blog example's original).
+        without=frozenset({"flask-sqlalchemy"}),
         import_only=FLOORS_IMPORTED_ONLY,
     ),
     # Flask's own floor, without Quart (its tests are skipped there).
     "flask-2.3": CompatCell(
         [pin for name, pin in FLOORS.items() if name != "quart"],
-        without=frozenset({"quart"}),
+        without=frozenset({"quart", "flask-sqlalchemy"}),
         import_only=FLOORS_IMPORTED_ONLY,
     ),
     "sqlalchemy-2.0": CompatCell(["sqlalchemy[asyncio]>=2.0,<2.1"]),

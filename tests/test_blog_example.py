@@ -1,6 +1,6 @@
 """``examples/blog``: the Flask-SQLAlchemy 3.1 app and its migration answer alike, request for
 request, on SQLite and PostgreSQL (404s, pagination, Model.query, recorded queries and the
-models_committed signal included)."""
+models_committed signal included; the signal lists only models with net changes)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def url(sync_backend: str, tmp_path: Path) -> cabc.Iterator[str]:
 
 def test_the_migrated_blog_answers_as_the_original(url: str) -> None:
     """Every request gets the same status and JSON from both apps, and the expected ones."""
-    fsa_app = pytest.importorskip("examples.blog.fsa_app", reason="needs flask-sqlalchemy")
+    pytest.importorskip("flask_sqlalchemy", minversion="3.1", reason="the original needs 3.1")
+    from examples.blog import fsa_app
+
     with disposing(migrated.create_app(url)) as app:
         ours = answers(app)
     engine = create_engine(url)
@@ -78,7 +80,16 @@ def test_the_migrated_blog_answers_as_the_original(url: str) -> None:
         with original_app.app_context():
             fsa_app.db.drop_all()
             fsa_app.db.engine.dispose()
-    assert ours == original
+    # Flask-SQLAlchemy's models_committed also lists each author whose posts collection a
+    # new post joined (it is in session.dirty), though no UPDATE is written; the library
+    # lists only objects with net changes (Session.is_modified). Everything else is equal.
+    committed = REQUESTS.index(("GET", "/committed", None))
+    assert ours[:committed] + ours[committed + 1 :] == (
+        original[:committed] + original[committed + 1 :]
+    )
+    assert [change for change in original[committed][1] if change != "update Author"] == (
+        ours[committed][1]
+    )
     by_path = dict(zip([f"{method} {path}" for method, path, _ in REQUESTS], ours, strict=False))
     assert by_path["GET /authors/3"] == (404, True)
     assert by_path["GET /authors/by-name/zed"][0] == 404

@@ -14,8 +14,13 @@ import typing as t
 
 from flask import Flask, request
 from sqlalchemy import ForeignKey, String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, QueryPropertyDescriptor, mapped_column
-from sqlalchemy.orm import relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    QueryPropertyDescriptor,
+    mapped_column,
+    relationship,
+)
 
 from async_scoped_session_ext import current_sync_session as db_session
 from async_scoped_session_ext import flask_scoped_session
