@@ -109,10 +109,10 @@ def test_the_real_flask_shell(sync_engine: Engine, shared_loop_engine: AsyncEngi
 
 
 @needs_quart
-def test_the_real_quart_shell(tmp_path: Path) -> None:
+def test_the_real_quart_shell(async_backend: str, tmp_path: Path) -> None:
     """``quart shell`` offers the models and ``run``; ``run`` awaits a query through
     ``current_async_session`` on the shared loop, inside Quart's own running loop."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shell.db'}"
+    url = database_url(async_backend, tmp_path)
     app = Quart(__name__)
     app.config["SQLALCHEMY_ASYNC_ENGINES"] = {"default": url}
     asession = async_scoped_session(app=app, metadata=Base)
@@ -129,3 +129,4 @@ def test_the_real_quart_shell(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "count: 0" in result.output and "same: True" in result.output, result.output
     assert len(asession.registry) == 0
+    assert runner.invoke(args=["db", "drop-all", "--yes"]).exit_code == 0
