@@ -105,8 +105,8 @@ class TenantURLs:
     :param pattern: what a key must match in full (``re.fullmatch``), a string or a
         compiled pattern; by default :data:`DEFAULT_PATTERN`.
     :raises ValueError: when the template is not a URL, lacks ``{key}`` where it is
-        needed, is a SQLite database without a directory (``:memory:``) or a URI
-        filename, or when a name in the *database* mapping is refused.
+        needed, is a SQLite URI filename (``?uri=true``), or when a name in the
+        *database* mapping is refused.
     """
 
     def __init__(
@@ -132,18 +132,18 @@ class TenantURLs:
         if self._sqlite:
             if "uri" in url.query:  # the database would be a URI, with options of its own
                 raise self._error("SQLite URI filenames (uri=true) are not supported")
-            if database is None:
+            if database is None:  # "data/{key}.db": the files are in "data"
                 self._directory, given = os.path.split(given)
+            elif given in ("", ":memory:"):
+                raise self._error(
+                    "with database=, a SQLite template's database is the directory of the"
+                    " tenants' files, as in 'sqlite:///data' ('sqlite:///.' for the working"
+                    " directory)"
+                )
             else:
                 self._directory = given
             if _PLACEHOLDER in self._directory:
                 raise self._error("'{key}' may only be in the database file's name")
-            if self._directory in ("", ":memory:"):
-                raise self._error(
-                    "a SQLite template names the directory of the tenants' files, as in"
-                    " 'sqlite:///data/{key}.db' ('sqlite:///./{key}.db' for the working"
-                    " directory) or, with database=, 'sqlite:///data'"
-                )
         if database is None:
             if _PLACEHOLDER not in given:
                 raise self._error(

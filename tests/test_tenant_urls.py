@@ -177,8 +177,7 @@ def test_sqlite_files_stay_in_the_templates_directory(tmp_path: Path) -> None:
     assert whole("acme").database == f"{tmp_path}/acme"
     for key in ("..", ".", "", "a/..", "x\n"):
         assert not whole.is_valid(key)
-    relative = TenantURLs("sqlite:///./{key}.db")
-    assert relative("acme").database == "./acme.db"
+    assert TenantURLs("sqlite:///{key}.db")("acme").database == "acme.db"  # working directory
 
 
 def test_a_mapping_serves_its_tenants_only() -> None:
@@ -221,9 +220,10 @@ def test_a_function_names_the_databases() -> None:
         ("postgresql://app:pw@db", None, r"'postgresql://app:\*\*\*@db': its database must"),
         ("postgresql://app@db/x_{key}", "{key}", "either in the template or as database="),
         ("postgresql://app@db", "tenant", r"database='tenant' must contain '\{key\}'"),
-        ("sqlite://", None, "names the directory of the tenants' files"),
-        ("sqlite:///:memory:", "{key}", "names the directory of the tenants' files"),
-        ("sqlite:///{key}.db", None, "names the directory"),
+        ("sqlite://", None, r"'sqlite://': its database must contain '\{key\}'"),
+        ("sqlite:///:memory:", None, r"its database must contain '\{key\}'"),
+        ("sqlite:///:memory:", "{key}", "with database=, a SQLite template's database is the"),
+        ("sqlite://", "{key}", r"directory of the tenants' files, as in 'sqlite:///data'"),
         ("sqlite:///{key}/t.db", None, r"'\{key\}' may only be in the database file's name"),
         ("sqlite:///d/{key}.db?uri=true", None, r"URI filenames \(uri=true\)"),
     ],
