@@ -124,8 +124,10 @@ class TenantURLs:
             except ArgumentError:
                 # SQLAlchemy's message quotes the URL, password included: do not chain it.
                 raise ValueError("TenantURLs(): the template is not a valid URL.") from None
-        self.template = url
-        self.pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        #: The parsed template; every tenant's URL is this one with another database.
+        self.template: URL = url
+        #: What a key must match in full.
+        self.pattern: re.Pattern[str] = re.compile(pattern) if isinstance(pattern, str) else pattern
         self._sqlite = url.get_backend_name() == "sqlite"
         self._directory = ""
         given = url.database or ""
