@@ -93,6 +93,11 @@ class TenantURLs:
     (PostgreSQL) be longer than 63 bytes, where PostgreSQL would cut it and two tenants
     could share a database. Messages show at most the first 40 characters of a key.
 
+    Every key that passes names *some* database on the template's server: put the keys in
+    a namespace of their own (``tenant_{key}``, or a mapping of the known tenants), so that
+    no key names a database that is not a tenant's (``postgres``, ``template1``, the app's
+    own), and check that the tenant exists before serving it.
+
     :param template: the URL every tenant shares, as a string or a ``sqlalchemy.URL``.
         Its database contains ``{key}`` (``postgresql+asyncpg://app@db/tenant_{key}``,
         ``sqlite+aiosqlite:///data/{key}.db``: only in the file name) unless *database*
@@ -202,7 +207,8 @@ class TenantURLs:
         if len(key) > MAX_KEY_LENGTH:
             raise InvalidTenantKey(
                 f"A tenant key of {len(key)} characters is refused: tenant keys have at most"
-                f" {MAX_KEY_LENGTH}. It may come from a request: answer it with a 400."
+                f" {MAX_KEY_LENGTH} characters. Keys from a request may be anything: catch"
+                " InvalidTenantKey and answer with a 400."
             )
         if self.pattern.fullmatch(key) is None:
             how = " (1 to 63 lowercase ASCII letters, digits, '_' or '-')"
@@ -223,8 +229,9 @@ class TenantURLs:
             raise InvalidTenantKey(f"There is no tenant {_shown(key)}.")
         if not isinstance(name, str):
             raise TypeError(
-                f"TenantURLs(database=...) returned a {type(name).__name__} for the key"
-                f" {_shown(key)}: return the database name as a str, or None to refuse the key."
+                f"TenantURLs(database=...) returned an object of type {type(name).__name__!r}"
+                f" for the key {_shown(key)}: return the database name as a str, or None to"
+                " refuse the key."
             )
         flaw = self._name_flaw(name)
         if flaw is not None:

@@ -209,7 +209,7 @@ def test_a_function_names_the_databases() -> None:
         urls("globex")
     with pytest.raises(InvalidTenantKey, match=r"database name 'x\?host=evil' cannot be used"):
         urls("bad")
-    with pytest.raises(TypeError, match="returned a int for the key 'num'"):
+    with pytest.raises(TypeError, match="returned an object of type 'int' for the key 'num'"):
         urls("num")
 
 
