@@ -70,6 +70,7 @@ async def test_tenants_are_isolated(client: QuartClient, tmp_path: Path) -> None
         ({"X-Tenant": "../acme"}, "Send an X-Tenant header with a tenant id."),
         ({"X-Tenant": "Acme"}, "Send an X-Tenant header with a tenant id."),
         ({"X-Tenant": "a" * 40}, "Send an X-Tenant header with a tenant id."),
+        ({"X-Tenant": "acme?host=127.0.0.1:5441"}, "Send an X-Tenant header with a tenant id."),
         ({"X-Tenant": "nobody"}, "There is no tenant 'nobody'."),
     ],
 )

@@ -13,6 +13,7 @@ sys.modules["greenlet"] = None
 
 import async_scoped_session_ext.fixtures
 import async_scoped_session_ext.replicas
+import async_scoped_session_ext.tenants
 import async_scoped_session_ext.testing
 from async_scoped_session_ext import EngineRegistry, current_session, flask_scoped_session
 from examples.flask_todo.app import create_app, engine_of

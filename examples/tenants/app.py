@@ -1,6 +1,8 @@
 """A multi-tenant notes API on Quart: the ``X-Tenant`` header picks each request's database.
 
-Every tenant has its own SQLite file (aiosqlite) in the data directory. An
+Every tenant has its own SQLite file (aiosqlite) in the data directory, whose URL a
+:class:`~async_scoped_session_ext.tenants.TenantURLs` makes from the tenant id: the id can
+change the file's name only, never its directory. An
 :class:`~async_scoped_session_ext.EngineRegistry` makes each tenant's engine on first use,
 keeps at most ``max_engines`` of them, and disposes the least recently used one when
 another is needed (once its requests are done). The tenant's tables are created on its first
@@ -25,15 +27,16 @@ import typing as t
 from pathlib import Path
 
 from quart import Quart, abort, g, request
-from sqlalchemy import String, select
+from sqlalchemy import URL, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.exceptions import HTTPException
 
 from async_scoped_session_ext import EngineRegistry, async_scoped_session
+from async_scoped_session_ext.tenants import TenantURLs
 
 TENANT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-"""What a tenant id looks like: it becomes a file name, so nothing else is accepted."""
+"""What a tenant id looks like (narrower than TenantURLs' default): it names a file."""
 
 NoteJSON = dict[str, int | str]
 
@@ -58,14 +61,19 @@ def create_app(
     """Build the app for *tenants*, each with a database file in *data_dir*."""
     data = Path(data_dir)
     known = frozenset(tenants)
+    # The template is built as a URL, not a string: the directory's name is taken as is.
+    # TenantURLs refuses ids that do not match TENANT_NAME, or that would name a path.
+    urls = TenantURLs(
+        URL.create("sqlite+aiosqlite", database=str(data / "{key}.db")), pattern=TENANT_NAME
+    )
     for tenant in known:
-        if not TENANT_NAME.fullmatch(tenant):
+        if not urls.is_valid(tenant):
             raise ValueError(f"{tenant!r} is not a valid tenant id ({TENANT_NAME.pattern}).")
     app = Quart(__name__)
     # expire_on_commit=False: reading a committed object must not lazy-load (no implicit
     # I/O in async code). The registry disposes its engines after serving.
     registry = EngineRegistry(
-        lambda tenant: f"sqlite+aiosqlite:///{data / tenant}.db",
+        urls,
         is_async=True,
         max_engines=max_engines,
         session_options={"expire_on_commit": False},
@@ -82,7 +90,7 @@ def create_app(
     @app.before_request
     async def pick_tenant() -> None:
         tenant = request.headers.get("X-Tenant", "")
-        if not TENANT_NAME.fullmatch(tenant):
+        if not urls.is_valid(tenant):  # the registry would raise InvalidTenantKey
             abort(400, "Send an X-Tenant header with a tenant id.")
         if tenant not in known:
             abort(400, f"There is no tenant {tenant!r}.")
