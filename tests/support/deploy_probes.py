@@ -118,7 +118,10 @@ def _behind_pgbouncer(app: Flask | Quart, how: str) -> None:
     engines ``prepare_threshold=None`` (psycopg prepares a statement run 5 times on a
     connection, which another server connection then lacks). ``"named"``: the preset with
     its UUID statement names, as on asyncpg < 0.31, which leaves statements on the server.
+    ``"defaults"``: the app's options unchanged (the control).
     """
+    if how == "defaults":
+        return
     from async_scoped_session_ext.pgbouncer import statement_name, transaction_mode
 
     for key in ("SQLALCHEMY_ASYNC_ENGINES", "SQLALCHEMY_ENGINES"):
