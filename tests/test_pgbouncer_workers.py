@@ -53,6 +53,7 @@ async def send_load(base_url: str) -> Outcome:
     async def one(http: httpx.AsyncClient, n: int) -> None:
         async with gate:
             outcome.requests += 1
+            expected: tuple[int, str | None]
             try:
                 if n % 2:
                     response = await http.get(WORK)
