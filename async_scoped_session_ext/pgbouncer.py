@@ -33,7 +33,7 @@ _URL_CACHE_KEY = "prepared_statement_cache_size"
 _DRIVER_CACHE_KEY = "statement_cache_size"
 _NAME_FUNC_KEY = "prepared_statement_name_func"
 #: The asyncpg release from which a statement prepared with the cache off has no name.
-UNNAMED_SINCE = (0, 31)
+_UNNAMED_SINCE = (0, 31)
 
 
 def statement_name() -> str:
@@ -50,7 +50,7 @@ def names_every_statement() -> bool:
     except PackageNotFoundError:
         return False
     release = tuple(int(part) for part in re.findall(r"\d+", installed)[:2])
-    return release < UNNAMED_SINCE
+    return release < _UNNAMED_SINCE
 
 
 def _shown(url: URL) -> str:
