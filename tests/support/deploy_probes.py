@@ -11,6 +11,9 @@
 Every pool connection opened or closed, in any process, is appended to the file named by
 ``ASSE_DEPLOY_EVENTS`` as ``"<pid> connect"`` or ``"<pid> close"``: a worker that shuts down
 gracefully closes every connection it opened; one that dies leaves that to the OS.
+
+With ``ASSE_DEPLOY_PGBOUNCER`` set, ``DATABASE_URL`` is a PgBouncer in transaction mode and
+the app's engine options are changed before its first use (:func:`_behind_pgbouncer`).
 """
 
 from __future__ import annotations
@@ -108,6 +111,41 @@ def _name_the_worker(response: t.Any) -> t.Any:
     return response
 
 
+def _behind_pgbouncer(app: Flask | Quart, how: str) -> None:
+    """Engine options for PgBouncer's transaction mode, as docs/scaling-out.md gives them.
+
+    *how* is ``"preset"``: asyncpg engines get :func:`transaction_mode`'s options, psycopg
+    engines ``prepare_threshold=None`` (psycopg prepares a statement run 5 times on a
+    connection, which another server connection then lacks). ``"named"``: the preset with
+    its UUID statement names, as on asyncpg < 0.31, which leaves statements on the server.
+    ``"defaults"``: the app's options unchanged (the control).
+    """
+    if how == "defaults":
+        return
+    from async_scoped_session_ext.pgbouncer import statement_name, transaction_mode
+
+    for key in ("SQLALCHEMY_ASYNC_ENGINES", "SQLALCHEMY_ENGINES"):
+        for name, options in app.config.get(key, {}).items():
+            options = dict(options)
+            connect_args = dict(options.pop("connect_args", {}))
+            if key == "SQLALCHEMY_ENGINES":
+                connect_args["prepare_threshold"] = None
+                app.config[key][name] = {**options, "connect_args": connect_args}
+                continue
+            if how == "named":
+                connect_args["prepared_statement_name_func"] = statement_name
+            url = options.pop("url")
+            app.config[key][name] = transaction_mode(url, **options, connect_args=connect_args)
+
+
+def _probed_app(name: str) -> Flask | Quart:
+    app = _probed(name)
+    how = os.environ.get("ASSE_DEPLOY_PGBOUNCER")
+    if how:
+        _behind_pgbouncer(app, how)
+    return app
+
+
 @functools.cache
 def _probed(name: str) -> Flask | Quart:
     if name == "flask_app":
@@ -138,4 +176,4 @@ def _probed(name: str) -> Flask | Quart:
 
 
 #: The app named by ``ASSE_DEPLOY_APP``: ``flask_app``, ``flask_async_app`` or ``quart_app``.
-app = _probed(os.environ["ASSE_DEPLOY_APP"])
+app = _probed_app(os.environ["ASSE_DEPLOY_APP"])
