@@ -21,23 +21,38 @@ from the primary before writing::
     select(User).execution_options(use_primary=True)  # one statement
     session.info["use_primary"] = True                  # the rest of the session's life
 
-Replication lag is the database's business: the replica may not have a row the primary
-committed a moment ago.
+Several replicas (``replica=[engine_a, engine_b]``) share the reads: each session picks
+one of the healthy ones at random and keeps it. A replica that cannot be connected to is
+skipped, in the same statement, for the next healthy one or the primary, and for
+``backoff`` seconds by every session of the process; the outage is logged once. With
+``max_lag``, a replica whose replication lag exceeds it (checked at most once per
+``lag_check_interval``) is skipped too. The replica may still lack a row the primary
+committed a moment ago: a client that must read its own writes across requests opts in to
+:mod:`async_scoped_session_ext.sticky`.
 """
 
 from __future__ import annotations
 
+import collections.abc as cabc
+import random
+import time
 import typing as t
 
-from sqlalchemy import CompoundSelect, Connection, Engine, Select
+from sqlalchemy import CompoundSelect, Connection, Engine, Select, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from ._replica_health import UNREACHABLE, health_of
 from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 if t.TYPE_CHECKING:
     from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = ["ReplicaSession", "async_replica_sessionmaker", "replica_sessionmaker"]
+
+#: Seconds a replica that could not be reached is skipped before it is tried again.
+DEFAULT_BACKOFF = 5.0
+#: Seconds between two measurements of a replica's lag (with ``max_lag``).
+DEFAULT_LAG_CHECK_INTERVAL = 1.0
 
 USE_PRIMARY = "use_primary"
 """The execution option, and the ``session.info`` key, that send reads to the primary."""
@@ -62,16 +77,55 @@ class ReplicaSession(Session):
     ``close()``, ``reset()`` and ``invalidate()`` (and the ``AsyncSession`` methods that
     call them) end the session's writes: its next plain reads go to *replica* again.
 
-    :param replica: the replica's engine (a sync :class:`~sqlalchemy.engine.Engine`).
+    The replica is connected to when the session first reads from it. When that fails
+    (a connection error or timeout), the read goes to another healthy replica, or to the
+    primary, in the same statement, and every session of the process skips that replica
+    for *backoff* seconds; then one session tries it again. With *max_lag*, a replica
+    whose lag (``pg_last_xact_replay_timestamp()``, PostgreSQL) exceeds it is skipped
+    likewise. A session keeps the database it first read from (a replica, or the
+    primary when none would do) until it is closed, reset or invalidated.
+
+    :param replica: the replica's engine (a sync :class:`~sqlalchemy.engine.Engine`), or
+        a sequence of them: each session reads from one of the healthy ones, at random.
+    :param backoff: seconds an unreachable replica is skipped before it is tried again.
+    :param max_lag: the most replication lag, in seconds, a replica may have to be read
+        from; ``None`` (the default) does not measure it.
+    :param lag_check_interval: seconds between two measurements of a replica's lag.
     """
 
-    def __init__(self, *args: t.Any, replica: Engine, **kw: t.Any) -> None:
+    def __init__(
+        self,
+        *args: t.Any,
+        replica: Engine | Connection | cabc.Sequence[Engine],
+        backoff: float = DEFAULT_BACKOFF,
+        max_lag: float | None = None,
+        lag_check_interval: float = DEFAULT_LAG_CHECK_INTERVAL,
+        **kw: t.Any,
+    ) -> None:
         super().__init__(*args, **kw)
-        self.replica: Engine = replica
+        replicas = tuple(replica) if isinstance(replica, cabc.Sequence) else (replica,)
+        if not replicas:
+            raise TypeError(_NO_REPLICA)
+        #: The replicas (engines; a connection in tests), in the order given.
+        self.replicas: tuple[Engine | Connection, ...] = replicas
+        #: The first replica (the only one, unless a sequence was given).
+        self.replica: Engine | Connection = replicas[0]
+        self.backoff = backoff
+        self.max_lag = max_lag
+        self.lag_check_interval = lag_check_interval
         #: Whether the session has used the primary for anything but a forced read; then
         #: everything bound to the primary goes to the primary until the session is closed,
         #: reset or invalidated.
         self.wrote: bool = False
+        #: Whether the current transaction wrote (DML, a flush, textual SQL): a commit
+        #: then sets :attr:`committed_write`.
+        self.writing: bool = False
+        #: Whether the session has committed a write since it was made (the sticky
+        #: primary's cookie is set on such a response).
+        self.committed_write: bool = False
+        #: The database the session reads from, once chosen: a replica, or ``None`` (the
+        #: primary: no replica was healthy); unset: not chosen yet.
+        self._reading: Engine | Connection | None | _Unset = _UNSET
         if self.bind is None and kw.get("binds"):
             raise TypeError(_NO_PRIMARY)
 
@@ -85,17 +139,46 @@ class ReplicaSession(Session):
         if bind.engine is not self.bind.engine:
             return bind  # another database: as plain SQLAlchemy routes it
         if self._reads_from_replica(clause):
-            return self.replica
+            replica = self._replica()
+            return bind if replica is None else replica
         if not _forced(clause):
             self.wrote = True
+            self.writing = self.writing or not _plain_read(clause) or self._flushing
         return bind
+
+    def _replica(self) -> Engine | Connection | None:
+        """The replica this session reads from (chosen on first use), or ``None``."""
+        if isinstance(self._reading, _Unset):
+            candidates = list(self.replicas)
+            random.shuffle(candidates)
+            self._reading = next((r for r in candidates if self._usable(r)), None)
+        return self._reading
+
+    def _usable(self, replica: Engine | Connection) -> bool:
+        """Whether *replica* is reachable (this connects to it) and lags little enough."""
+        if isinstance(replica, Connection):  # in tests: the primary's connection
+            return True
+        health = health_of(replica)
+        if not health.may_try(time.monotonic(), self.backoff):
+            return False
+        try:
+            connection = self.connection(bind_arguments={"bind": replica})
+            health.mark_up()
+            if self.max_lag is None:
+                return True
+            return health.lag_within(connection, self.max_lag, self.lag_check_interval)
+        except UNREACHABLE as error:
+            health.mark_down(error, self.backoff)
+            return False
 
     def _reads_from_replica(self, clause: ClauseElement | None) -> bool:
         if self.wrote or self._flushing or self.info.get(USE_PRIMARY):
             return False
-        if not isinstance(clause, Select | CompoundSelect) or _forced(clause):
-            return False
-        return getattr(clause, "_for_update_arg", None) is None  # FOR UPDATE locks: primary
+        return _plain_read(clause) and not _forced(clause)
+
+    def _end_writes(self) -> None:
+        self.wrote = self.writing = False
+        self._reading = _UNSET
 
     # Session.close(), reset() and invalidate() share a private _close_impl(); the public
     # methods are overridden instead, each one ending the session's writes.
@@ -105,21 +188,21 @@ class ReplicaSession(Session):
         try:
             super().close()
         finally:
-            self.wrote = False
+            self._end_writes()
 
     def reset(self) -> None:
         """Reset the session (SQLAlchemy 2.0.22+); its next statements read from the replica."""
         try:
             super().reset()
         finally:
-            self.wrote = False
+            self._end_writes()
 
     def invalidate(self) -> None:
         """Close the session, invalidating its connections; reads go to the replica again."""
         try:
             super().invalidate()
         finally:
-            self.wrote = False
+            self._end_writes()
 
 
 _NO_PRIMARY = (
@@ -131,6 +214,40 @@ _NO_PRIMARY = (
 )
 
 
+_NO_REPLICA = (
+    "ReplicaSession was given an empty sequence of replicas (replica=[]): it would have"
+    " nowhere to send its reads. Give it at least one replica engine, or use a plain"
+    " sessionmaker when there is no replica."
+)
+
+
+class _Unset:
+    """The type of ``_UNSET``: a session that has not chosen where to read from yet."""
+
+
+_UNSET = _Unset()
+
+
+@event.listens_for(ReplicaSession, "after_commit")
+def _after_commit(session: Session) -> None:
+    if isinstance(session, ReplicaSession) and session.writing:
+        session.committed_write = True
+        session.writing = False
+
+
+@event.listens_for(ReplicaSession, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    if isinstance(session, ReplicaSession):
+        session.writing = False
+
+
+def _plain_read(clause: ClauseElement | None) -> bool:
+    """Whether *clause* is a ``SELECT`` (or a compound of them) that locks nothing."""
+    if not isinstance(clause, Select | CompoundSelect):
+        return False
+    return getattr(clause, "_for_update_arg", None) is None  # FOR UPDATE locks: primary
+
+
 def _forced(clause: ClauseElement | None) -> bool:
     """Whether *clause* asks for the primary with ``execution_options(use_primary=True)``."""
     options = getattr(clause, "get_execution_options", None)
@@ -138,24 +255,30 @@ def _forced(clause: ClauseElement | None) -> bool:
 
 
 def replica_sessionmaker(
-    primary: Engine, replica: Engine, **kw: t.Any
+    primary: Engine, replica: Engine | cabc.Sequence[Engine], **kw: t.Any
 ) -> sessionmaker[ReplicaSession]:
     """A ``sessionmaker`` of :class:`ReplicaSession` bound to *primary*, reading from *replica*.
 
-    Keyword arguments go to :class:`~sqlalchemy.orm.sessionmaker`.
+    *replica* is one engine or a sequence of them. Keyword arguments go to
+    :class:`~sqlalchemy.orm.sessionmaker`, and from it to :class:`ReplicaSession`
+    (``backoff=``, ``max_lag=``, ``lag_check_interval=``).
     """
     return sessionmaker(primary, class_=ReplicaSession, replica=replica, **kw)
 
 
 def async_replica_sessionmaker(
-    primary: AsyncEngine, replica: AsyncEngine, **kw: t.Any
+    primary: AsyncEngine, replica: AsyncEngine | cabc.Sequence[AsyncEngine], **kw: t.Any
 ) -> async_sessionmaker[AsyncSession]:
     """An ``async_sessionmaker`` whose sessions wrap a :class:`ReplicaSession`.
 
     ``get_bind()`` runs on the wrapped sync session, so it is given the engines'
-    ``sync_engine``. Keyword arguments go to
-    :class:`~sqlalchemy.ext.asyncio.async_sessionmaker`.
+    ``sync_engine`` (its connection to a replica, and the failover, run in the same
+    greenlet as the statement). Keyword arguments go to
+    :class:`~sqlalchemy.ext.asyncio.async_sessionmaker`, and from it to
+    :class:`ReplicaSession`.
     """
-    return async_sessionmaker(
-        primary, sync_session_class=ReplicaSession, replica=replica.sync_engine, **kw
-    )
+    if isinstance(replica, AsyncEngine):
+        replicas: Engine | list[Engine] = replica.sync_engine
+    else:
+        replicas = [engine.sync_engine for engine in replica]
+    return async_sessionmaker(primary, sync_session_class=ReplicaSession, replica=replicas, **kw)
