@@ -140,4 +140,3 @@ def health_of(engine: Engine) -> ReplicaHealth:
         with _healths_lock:
             health = _healths.setdefault(engine, ReplicaHealth(engine))
     return health
-

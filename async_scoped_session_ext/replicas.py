@@ -28,7 +28,7 @@ skipped, in the same statement, for the next healthy one or the primary, and for
 ``max_lag``, a replica whose replication lag exceeds it (checked at most once per
 ``lag_check_interval``) is skipped too. The replica may still lack a row the primary
 committed a moment ago: a client that must read its own writes across requests opts in to
-:mod:`async_scoped_session_ext.sticky`.
+:class:`StickyPrimary`.
 """
 
 from __future__ import annotations
@@ -43,19 +43,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ._replica_health import UNREACHABLE, health_of
 from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from ._sticky import USE_PRIMARY, StickyPrimary
 
 if t.TYPE_CHECKING:
     from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["ReplicaSession", "async_replica_sessionmaker", "replica_sessionmaker"]
+__all__ = [
+    "ReplicaSession",
+    "StickyPrimary",
+    "async_replica_sessionmaker",
+    "replica_sessionmaker",
+]
 
 #: Seconds a replica that could not be reached is skipped before it is tried again.
 DEFAULT_BACKOFF = 5.0
 #: Seconds between two measurements of a replica's lag (with ``max_lag``).
 DEFAULT_LAG_CHECK_INTERVAL = 1.0
-
-USE_PRIMARY = "use_primary"
-"""The execution option, and the ``session.info`` key, that send reads to the primary."""
 
 
 class ReplicaSession(Session):

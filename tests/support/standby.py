@@ -143,7 +143,9 @@ class StreamingPair:
         for role in ("standby", "primary"):
             if (self.dirs[role] / "postmaster.pid").exists():
                 subprocess.run(
-                    _as_postgres(PG_BIN / "pg_ctl", "-D", self.dirs[role], "stop", "-m", "immediate"),
+                    _as_postgres(
+                        PG_BIN / "pg_ctl", "-D", self.dirs[role], "stop", "-m", "immediate"
+                    ),
                     capture_output=True,
                     timeout=TIMEOUT,
                     check=False,
