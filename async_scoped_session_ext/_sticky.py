@@ -3,8 +3,8 @@
 A replica may lack, for a moment, a row the primary just committed (replication lag): a
 client that posts a form and is redirected to a page listing it may not see it. Opted in
 per scoped session and app (``StickyPrimary(scoped, app, seconds=5)``), a response whose
-session committed a write (``ReplicaSession.committed_write``) carries a cookie signed with the app's ``SECRET_KEY`` (``itsdangerous``, a Flask
-dependency) and valid for *seconds*; while it is valid, the same client's requests read
+session committed a write (``ReplicaSession.committed_write``) carries a cookie signed
+with the app's ``SECRET_KEY`` (``itsdangerous``, a Flask dependency) and valid for *seconds*; while it is valid, the same client's requests read
 from the primary (``session.info["use_primary"]``). Other clients keep reading from the
 replica. django-multidb-router calls this pinning.
 
