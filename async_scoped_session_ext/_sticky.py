@@ -6,7 +6,8 @@ per scoped session and app (``StickyPrimary(scoped, app, seconds=5)``), a respon
 session committed a write (``ReplicaSession.committed_write``) carries a cookie signed
 with the app's ``SECRET_KEY`` (``itsdangerous``, a Flask dependency) and valid for
 *seconds*; while it is valid, the same client's requests read from the primary
-(``session.info["use_primary"]``). Other clients keep reading from the replica. django-multidb-router calls this pinning.
+(``session.info["use_primary"]``). Other clients keep reading from the replica.
+django-multidb-router calls this pinning.
 
 The cookie is set from the ``request_finished`` signal, which both frameworks send after
 every ``after_request`` function (so a commit by ``commit_on_success=True`` counts) and
