@@ -21,27 +21,21 @@ from the primary before writing::
     select(User).execution_options(use_primary=True)  # one statement
     session.info["use_primary"] = True                  # the rest of the session's life
 
-Several replicas (``replica=[engine_a, engine_b]``) share the reads: each session picks
-one of the healthy ones at random and keeps it. A replica that cannot be connected to is
-skipped, in the same statement, for the next healthy one or the primary, and for
-``backoff`` seconds by every session of the process; the outage is logged once. With
-``max_lag``, a replica whose replication lag exceeds it (checked at most once per
-``lag_check_interval``) is skipped too. The replica may still lack a row the primary
-committed a moment ago: a client that must read its own writes across requests opts in to
-:class:`StickyPrimary`.
+Several replicas (``replica=[a, b]``) share the reads. A replica that fails is skipped,
+in the same statement, for another or the primary, and for ``backoff`` seconds by the
+whole process (``_replica_health``); ``max_lag`` skips a lagging one. For a client's own
+writes across requests, see :class:`StickyPrimary`.
 """
 
 from __future__ import annotations
 
 import collections.abc as cabc
-import random
-import time
 import typing as t
 
 from sqlalchemy import CompoundSelect, Connection, Engine, Select, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from ._replica_health import UNREACHABLE, health_of
+from ._replica_health import UNREACHABLE, choose_replica, health_of, lost
 from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ._sticky import USE_PRIMARY, StickyPrimary
 
@@ -126,9 +120,14 @@ class ReplicaSession(Session):
         #: Whether the session has committed a write since it was made (the sticky
         #: primary's cookie is set on such a response).
         self.committed_write: bool = False
-        #: The database the session reads from, once chosen: a replica, or ``None`` (the
-        #: primary: no replica was healthy); unset: not chosen yet.
-        self._reading: Engine | Connection | None | _Unset = _UNSET
+        #: Where the current transaction reads: a replica, or ``None`` (the primary: no
+        #: replica would do); chosen on its first read (``_read_transaction``).
+        self._reading: Engine | Connection | None = None
+        self._read_transaction: object = None
+        #: The session's connection to ``_reading``, and whether the statement being
+        #: executed was sent to it (a failure then retries it on the primary).
+        self._replica_connection: Connection | None = None
+        self._sent_to_replica = False
         if self.bind is None and kw.get("binds"):
             raise TypeError(_NO_PRIMARY)
 
@@ -150,29 +149,52 @@ class ReplicaSession(Session):
         return bind
 
     def _replica(self) -> Engine | Connection | None:
-        """The replica this session reads from (chosen on first use), or ``None``."""
-        if isinstance(self._reading, _Unset):
-            candidates = list(self.replicas)
-            random.shuffle(candidates)
-            self._reading = next((r for r in candidates if self._usable(r)), None)
+        """The replica the transaction reads from (chosen on its first read), or ``None``."""
+        transaction = self.get_transaction()
+        if transaction is None or transaction is not self._read_transaction:
+            self._reading, self._replica_connection = choose_replica(self, self.replicas)
+            self._read_transaction = self.get_transaction()
+        self._sent_to_replica = self._reading is not None
         return self._reading
 
-    def _usable(self, replica: Engine | Connection) -> bool:
-        """Whether *replica* is reachable (this connects to it) and lags little enough."""
-        if isinstance(replica, Connection):  # in tests: the primary's connection
-            return True
-        health = health_of(replica)
-        if not health.may_try(time.monotonic(), self.backoff):
-            return False
+    # A read the replica fails (it went away mid-statement, or cancelled it for a conflict
+    # with recovery) runs again on the primary. AsyncSession, get() and lazy loads call these.
+
+    def execute(self, *args: t.Any, **kw: t.Any) -> t.Any:
+        """Execute a statement (:meth:`Session.execute`); a failed replica read retries on
+        the primary."""
+        return self._with_failover(super().execute, *args, **kw)
+
+    def scalar(self, *args: t.Any, **kw: t.Any) -> t.Any:
+        """:meth:`Session.scalar`; a failed replica read retries on the primary."""
+        return self._with_failover(super().scalar, *args, **kw)
+
+    def scalars(self, *args: t.Any, **kw: t.Any) -> t.Any:
+        """:meth:`Session.scalars`; a failed replica read retries on the primary."""
+        return self._with_failover(super().scalars, *args, **kw)
+
+    def _with_failover(self, call: t.Callable[..., t.Any], *args: t.Any, **kw: t.Any) -> t.Any:
+        self._sent_to_replica = False
         try:
-            connection = self.connection(bind_arguments={"bind": replica})
-            health.mark_up()
-            if self.max_lag is None:
-                return True
-            return health.lag_within(connection, self.max_lag, self.lag_check_interval)
+            return call(*args, **kw)
         except UNREACHABLE as error:
-            health.mark_down(error, self.backoff)
-            return False
+            replica = self._reading
+            if not self._sent_to_replica or not isinstance(replica, Engine):
+                raise
+            self._fail_over(replica, error)
+        return call(*args, **kw)
+
+    def _fail_over(self, replica: Engine, error: BaseException) -> None:
+        """Give up *replica* for this transaction (and, if it went away, for the back-off)."""
+        connection, self._replica_connection = self._replica_connection, None
+        self._reading = None  # the rest of the transaction reads from the primary
+        if connection is not None:
+            try:  # ends its transaction: the session's commit then passes it by
+                connection.rollback()
+            except UNREACHABLE:
+                pass
+        if connection is None or connection.invalidated or lost(error):
+            health_of(replica).mark_down(error, self.backoff)
 
     def _reads_from_replica(self, clause: ClauseElement | None) -> bool:
         if self.wrote or self._flushing or self.info.get(USE_PRIMARY):
@@ -181,7 +203,7 @@ class ReplicaSession(Session):
 
     def _end_writes(self) -> None:
         self.wrote = self.writing = False
-        self._reading = _UNSET
+        self._reading = self._replica_connection = self._read_transaction = None
 
     # Session.close(), reset() and invalidate() share a private _close_impl(); the public
     # methods are overridden instead, each one ending the session's writes.
@@ -216,19 +238,11 @@ _NO_PRIMARY = (
     " binds=...)."
 )
 
-
 _NO_REPLICA = (
     "ReplicaSession was given an empty sequence of replicas (replica=[]): it would have"
     " nowhere to send its reads. Give it at least one replica engine, or use a plain"
     " sessionmaker when there is no replica."
 )
-
-
-class _Unset:
-    """The type of ``_UNSET``: a session that has not chosen where to read from yet."""
-
-
-_UNSET = _Unset()
 
 
 @event.listens_for(ReplicaSession, "after_commit")
