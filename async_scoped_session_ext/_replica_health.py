@@ -16,18 +16,13 @@ their sync core in greenlets of one loop; both reach the same code.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-import typing as t
 import weakref
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-if t.TYPE_CHECKING:
-    from .replicas import ReplicaSession
 
 logger = logging.getLogger("async_scoped_session_ext.replicas")
 
@@ -145,46 +140,3 @@ def health_of(engine: Engine) -> ReplicaHealth:
         with _healths_lock:
             health = _healths.setdefault(engine, ReplicaHealth(engine))
     return health
-
-
-def choose_replica(
-    session: ReplicaSession, replicas: t.Sequence[Engine | Connection]
-) -> tuple[Engine | Connection | None, Connection | None]:
-    """A replica for *session*'s transaction to read from, and its connection to it.
-
-    The healthy ones are tried in random order (so reads spread over them): the first
-    that connects and, with ``max_lag``, lags little enough. ``(None, None)``: none would
-    do, the transaction reads from the primary.
-    """
-    candidates = list(replicas)
-    random.shuffle(candidates)
-    for replica in candidates:
-        if isinstance(replica, Connection):  # in tests: the primary's connection
-            return replica, None
-        connection = _connect(session, replica)
-        if connection is not None:
-            return replica, connection
-    return None, None
-
-
-def _connect(session: ReplicaSession, replica: Engine) -> Connection | None:
-    """*session*'s connection to *replica*, or ``None`` if it is down or lags too much."""
-    health = health_of(replica)
-    if not health.may_try(time.monotonic(), session.backoff):
-        return None
-    try:
-        connection = session.connection(bind_arguments={"bind": replica})
-        health.mark_up()
-        max_lag = session.max_lag
-        if max_lag is None or health.lag_within(connection, max_lag, session.lag_check_interval):
-            return connection
-    except UNREACHABLE as error:
-        health.mark_down(error, session.backoff)
-    return None
-
-
-def lost(error: BaseException) -> bool:
-    """Whether *error* says the connection to the server was lost (not a query's fault)."""
-    return isinstance(error, OperationalError | InterfaceError | OSError) or bool(
-        getattr(error, "connection_invalidated", False)
-    )

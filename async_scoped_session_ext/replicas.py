@@ -32,10 +32,11 @@ from __future__ import annotations
 import collections.abc as cabc
 import typing as t
 
-from sqlalchemy import CompoundSelect, Connection, Engine, Select, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from ._replica_health import UNREACHABLE, choose_replica, health_of, lost
+from ._replica_health import UNREACHABLE, health_of
+from ._replica_routing import NO_PRIMARY, NO_REPLICA, choose_replica, forced, lost, plain_read
 from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ._sticky import USE_PRIMARY, StickyPrimary
 
@@ -102,7 +103,7 @@ class ReplicaSession(Session):
         super().__init__(*args, **kw)
         replicas = tuple(replica) if isinstance(replica, cabc.Sequence) else (replica,)
         if not replicas:
-            raise TypeError(_NO_REPLICA)
+            raise TypeError(NO_REPLICA)
         #: The replicas (engines; a connection in tests), in the order given.
         self.replicas: tuple[Engine | Connection, ...] = replicas
         #: The first replica (the only one, unless a sequence was given).
@@ -127,9 +128,9 @@ class ReplicaSession(Session):
         #: The session's connection to ``_reading``, and whether the statement being
         #: executed was sent to it (a failure then retries it on the primary).
         self._replica_connection: Connection | None = None
-        self._sent_to_replica = False
+        self._sent_to_replica = self._primary_next = False
         if self.bind is None and kw.get("binds"):
-            raise TypeError(_NO_PRIMARY)
+            raise TypeError(NO_PRIMARY)
 
     def get_bind(
         self, mapper: t.Any = None, *, clause: ClauseElement | None = None, **kw: t.Any
@@ -137,23 +138,27 @@ class ReplicaSession(Session):
         """The replica for a plain read of the primary; otherwise the usual bind."""
         bind = super().get_bind(mapper, clause=clause, **kw)
         if self.bind is None:  # binds added after the session was made, or bind= given
-            raise TypeError(_NO_PRIMARY)
+            raise TypeError(NO_PRIMARY)
         if bind.engine is not self.bind.engine:
             return bind  # another database: as plain SQLAlchemy routes it
         if self._reads_from_replica(clause):
             replica = self._replica()
             return bind if replica is None else replica
-        if not _forced(clause):
+        if not forced(clause):
             self.wrote = True
-            self.writing = self.writing or not _plain_read(clause) or self._flushing
+            self.writing = self.writing or not plain_read(clause) or self._flushing
         return bind
 
     def _replica(self) -> Engine | Connection | None:
         """The replica the transaction reads from (chosen on its first read), or ``None``."""
         transaction = self.get_transaction()
         if transaction is None or transaction is not self._read_transaction:
-            self._reading, self._replica_connection = choose_replica(self, self.replicas)
+            if self._primary_next:  # the transaction after a failed replica read
+                self._reading = self._replica_connection = None
+            else:
+                self._reading, self._replica_connection = choose_replica(self, self.replicas)
             self._read_transaction = self.get_transaction()
+            self._primary_next = self._primary_next and self._read_transaction is None
         self._sent_to_replica = self._reading is not None
         return self._reading
 
@@ -181,28 +186,35 @@ class ReplicaSession(Session):
             replica = self._reading
             if not self._sent_to_replica or not isinstance(replica, Engine):
                 raise
-            self._fail_over(replica, error)
+            if not self._fail_over(replica, error):
+                raise
         return call(*args, **kw)
 
-    def _fail_over(self, replica: Engine, error: BaseException) -> None:
-        """Give up *replica* for this transaction (and, if it went away, for the back-off)."""
-        connection, self._replica_connection = self._replica_connection, None
-        self._reading = None  # the rest of the transaction reads from the primary
-        if connection is not None:
-            try:  # ends its transaction: the session's commit then passes it by
-                connection.rollback()
-            except UNREACHABLE:
-                pass
+    def _fail_over(self, replica: Engine, error: BaseException) -> bool:
+        """Roll back the transaction that failed on *replica*, for a retry on the primary.
+
+        Only a transaction that has nothing to lose: it wrote nothing (its reads would have
+        gone to the primary) and has no unflushed changes. Its objects are expired, and
+        reload from the primary. Whether it could.
+        """
+        if self.new or self.dirty or self.deleted:
+            return False
+        connection = self._replica_connection
         if connection is None or connection.invalidated or lost(error):
             health_of(replica).mark_down(error, self.backoff)
+        # SQLAlchemy would commit the dead connection's transaction with the session's:
+        # end them both now. A rollback skips a connection that was invalidated.
+        self.rollback()
+        self._primary_next = True
+        return True
 
     def _reads_from_replica(self, clause: ClauseElement | None) -> bool:
         if self.wrote or self._flushing or self.info.get(USE_PRIMARY):
             return False
-        return _plain_read(clause) and not _forced(clause)
+        return plain_read(clause) and not forced(clause)
 
     def _end_writes(self) -> None:
-        self.wrote = self.writing = False
+        self.wrote = self.writing = self._primary_next = False
         self._reading = self._replica_connection = self._read_transaction = None
 
     # Session.close(), reset() and invalidate() share a private _close_impl(); the public
@@ -230,21 +242,6 @@ class ReplicaSession(Session):
             self._end_writes()
 
 
-_NO_PRIMARY = (
-    "ReplicaSession has no 'bind', so it does not know which of its databases the replica"
-    " replicates, and would send no read to the replica. Bind it to that database, beside"
-    " any 'binds': sessionmaker(primary_engine, class_=ReplicaSession, binds=...,"
-    " replica=replica_engine), or replica_sessionmaker(primary_engine, replica_engine,"
-    " binds=...)."
-)
-
-_NO_REPLICA = (
-    "ReplicaSession was given an empty sequence of replicas (replica=[]): it would have"
-    " nowhere to send its reads. Give it at least one replica engine, or use a plain"
-    " sessionmaker when there is no replica."
-)
-
-
 @event.listens_for(ReplicaSession, "after_commit")
 def _after_commit(session: Session) -> None:
     if isinstance(session, ReplicaSession) and session.writing:
@@ -256,19 +253,6 @@ def _after_commit(session: Session) -> None:
 def _after_rollback(session: Session) -> None:
     if isinstance(session, ReplicaSession):
         session.writing = False
-
-
-def _plain_read(clause: ClauseElement | None) -> bool:
-    """Whether *clause* is a ``SELECT`` (or a compound of them) that locks nothing."""
-    if not isinstance(clause, Select | CompoundSelect):
-        return False
-    return getattr(clause, "_for_update_arg", None) is None  # FOR UPDATE locks: primary
-
-
-def _forced(clause: ClauseElement | None) -> bool:
-    """Whether *clause* asks for the primary with ``execution_options(use_primary=True)``."""
-    options = getattr(clause, "get_execution_options", None)
-    return bool(options is not None and options().get(USE_PRIMARY))
 
 
 def replica_sessionmaker(

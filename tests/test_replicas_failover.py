@@ -9,18 +9,25 @@ again. Flask: threads; Quart: ``asyncio.gather``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import collections.abc as cabc
 import logging
+import socket
 import threading
 import time
 import typing as t
 
 import pytest
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from async_scoped_session_ext.replicas import async_replica_sessionmaker, replica_sessionmaker
 
 from .support.environment import needs_quart
 from .support.standby import StreamingPair
 from .support.streaming_apps import (
     LOGGER,
+    Note,
     checked_out,
     dispose_async,
     dispose_sync,
@@ -32,6 +39,7 @@ CLIENTS = 4
 BEFORE, AFTER = 50, 150  # reads before the standby stops, and after it stopped
 BACKOFF = 0.5
 BACK_WITHIN = 10.0  # seconds the standby has to come back (bounds the wait, not a claim)
+WHERE = select(func.pg_is_in_recovery())
 
 
 @pytest.fixture
@@ -194,3 +202,69 @@ async def async_wait_until(condition: cabc.Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not hold in time"
         await asyncio.sleep(0.01)
+
+
+def test_a_read_cut_mid_transaction_retries_on_the_primary(pair: StreamingPair) -> None:
+    """psycopg: a read on a standby connection cut mid-transaction runs again on the primary."""
+    primary = create_engine(pair.url("primary"))
+    standby = create_engine(pair.url("standby"))
+    try:
+        with replica_sessionmaker(primary, standby, backoff=BACKOFF)() as session:
+            assert session.scalar(WHERE) is True
+            pair.stop_standby()
+            assert session.scalar(WHERE) is False  # the same statement, on the primary
+            session.add(Note(name="after the cut"))
+            session.commit()  # the cut connection's transaction does not stop the commit
+            assert session.scalar(select(Note.name)) == "after the cut"
+    finally:
+        pair.start_standby()
+        primary.dispose()
+        standby.dispose()
+
+
+async def test_async_read_cut_mid_transaction_retries_on_the_primary(pair: StreamingPair) -> None:
+    """asyncpg: a read on a standby connection cut mid-transaction runs again on the primary."""
+    primary = create_async_engine(pair.url("primary", "asyncpg"))
+    standby = create_async_engine(pair.url("standby", "asyncpg"))
+    try:
+        async with async_replica_sessionmaker(primary, standby, backoff=BACKOFF)() as session:
+            assert await session.scalar(WHERE) is True
+            await asyncio.to_thread(pair.stop_standby)
+            assert await session.scalar(WHERE) is False
+            assert (await session.execute(WHERE)).scalar() is False  # stays on the primary
+            session.add(Note(name="after the cut"))
+            await session.commit()
+    finally:
+        await asyncio.to_thread(pair.start_standby)
+        await primary.dispose()
+        await standby.dispose()
+
+
+def test_reads_spread_over_the_healthy_replicas(
+    pair: StreamingPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several replicas: an unreachable one is skipped (logged once), the others share reads."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    primary = create_engine(pair.url("primary"))
+    dead = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{unused_port()}/postgres")
+    standbys = [create_engine(pair.url("standby")) for _ in range(2)]
+    factory = replica_sessionmaker(primary, [dead, *standbys], backoff=60)
+    used: collections.Counter[str] = collections.Counter()
+    try:
+        for _ in range(100):
+            with factory() as session:
+                assert session.scalar(WHERE) is True
+                used[str(standbys.index(t.cast(Engine, session.get_bind(clause=WHERE))))] += 1
+        assert sorted(used) == ["0", "1"], used  # both standby engines answered reads
+        warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+        assert len(warnings) == 1 and "unreachable" in warnings[0], warnings
+    finally:
+        for engine in (primary, dead, *standbys):
+            engine.dispose()
+
+
+def unused_port() -> int:
+    """A port of 127.0.0.1 nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
