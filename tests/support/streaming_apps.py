@@ -80,7 +80,7 @@ def flask_app(pair: StreamingPair, *, sticky: bool = False, **options: t.Any) ->
     app.secret_key = "streaming tests"
     scoped = flask_scoped_session(replica_sessionmaker(primary, standby, **options), app)
     if sticky:
-        StickyPrimary(scoped, app, seconds=5)
+        app.extensions["test_sticky"] = StickyPrimary(scoped, app, seconds=5)
     app.extensions["test_engines"] = (primary, standby)
 
     @app.get("/where")
@@ -122,7 +122,7 @@ def async_app(kind: str, pair: StreamingPair, *, sticky: bool = False, **options
     factory = async_replica_sessionmaker(primary, standby, **options)
     scoped = async_scoped_session(factory, app)
     if sticky:
-        StickyPrimary(scoped, app, seconds=5)
+        app.extensions["test_sticky"] = StickyPrimary(scoped, app, seconds=5)
     app.extensions["test_engines"] = (primary, standby)
 
     @app.get("/where")
