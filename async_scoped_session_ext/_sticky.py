@@ -31,7 +31,6 @@ if t.TYPE_CHECKING:
     from flask.sansio.app import App
     from quart import Quart
 
-    from ._base import ScopedBase
 
 USE_PRIMARY = "use_primary"
 """The execution option, and the ``session.info`` key, that send reads to the primary."""
@@ -40,8 +39,27 @@ _SALT = "async_scoped_session_ext.sticky-primary"
 _PINNED = b"primary"
 
 
+class ScopedReplicas(t.Protocol):
+    """A ``flask_scoped_session`` or ``async_scoped_session``, as :class:`StickyPrimary`
+    uses it."""
+
+    @property
+    def is_async(self) -> bool:
+        """Whether it makes async sessions."""
+
+    @property
+    def registry(self) -> t.Any:
+        """The registry of its sessions, by app context."""
+
+    def __call__(self, **kw: t.Any) -> t.Any:
+        """The current context's session."""
+
+
 class _Response(t.Protocol):
-    def set_cookie(self, key: str, value: str, **kwargs: t.Any) -> None: ...
+    """A Flask or Quart response: what the cookie is set on."""
+
+    def set_cookie(self, key: str, value: str, **kwargs: t.Any) -> None:
+        """Set the cookie *key* to *value*."""
 
 
 class StickyPrimary:
@@ -60,7 +78,7 @@ class StickyPrimary:
 
     def __init__(
         self,
-        scoped: ScopedBase[t.Any, t.Any],
+        scoped: ScopedReplicas,
         app: App | None = None,
         *,
         seconds: float = 5.0,

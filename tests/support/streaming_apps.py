@@ -14,6 +14,7 @@ import contextlib
 import typing as t
 
 from flask import Flask, request
+from flask.sansio.app import App
 from sqlalchemy import String, create_engine, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -116,8 +117,11 @@ def _async_engines(pair: StreamingPair) -> tuple[AsyncEngine, AsyncEngine]:
 def async_app(kind: str, pair: StreamingPair, *, sticky: bool = False, **options: t.Any) -> t.Any:
     """A Flask app with async views, or a Quart app, on asyncpg engines."""
     primary, standby = _async_engines(pair)
-    app: t.Any = Quart(__name__) if kind == "quart" else Flask(__name__)
-    args = (lambda: quart_request.args) if kind == "quart" else (lambda: request.args)
+    app: App = Quart(__name__) if kind == "quart" else Flask(__name__)
+
+    def args() -> t.Mapping[str, str]:
+        return quart_request.args if kind == "quart" else request.args
+
     app.secret_key = "streaming tests"
     factory = async_replica_sessionmaker(primary, standby, **options)
     scoped = async_scoped_session(factory, app)
@@ -159,7 +163,7 @@ def checked_out(app: t.Any) -> int:
     total = 0
     for engine in app.extensions["test_engines"]:
         core = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-        total += core.pool.checkedout()
+        total += t.cast(t.Any, core.pool).checkedout()
     return total
 
 
