@@ -75,16 +75,17 @@ class ReplicaSession(Session):
     ``close()``, ``reset()`` and ``invalidate()`` (and the ``AsyncSession`` methods that
     call them) end the session's writes: its next plain reads go to *replica* again.
 
-    The replica is connected to when the session first reads from it. When that fails
-    (a connection error or timeout), the read goes to another healthy replica, or to the
-    primary, in the same statement, and every session of the process skips that replica
-    for *backoff* seconds; then one session tries it again. With *max_lag*, a replica
-    whose lag (``pg_last_xact_replay_timestamp()``, PostgreSQL) exceeds it is skipped
-    likewise. A session keeps the database it first read from (a replica, or the
-    primary when none would do) until it is closed, reset or invalidated.
+    Each transaction picks its replica on its first read, and connects to it then. When
+    that fails (a connection error or timeout), the read goes to another healthy
+    replica, or to the primary, in the same statement, and every session of the process
+    skips that replica for *backoff* seconds; then one session tries it again. A read
+    that fails on a replica connection the transaction holds rolls the transaction back
+    (it wrote nothing) and runs again on the primary, unless the session has unflushed
+    changes. With *max_lag*, a replica whose lag (``pg_last_xact_replay_timestamp()``,
+    PostgreSQL) exceeds it is skipped likewise.
 
     :param replica: the replica's engine (a sync :class:`~sqlalchemy.engine.Engine`), or
-        a sequence of them: each session reads from one of the healthy ones, at random.
+        a sequence of them: each transaction reads from one of the healthy ones, at random.
     :param backoff: seconds an unreachable replica is skipped before it is tried again.
     :param max_lag: the most replication lag, in seconds, a replica may have to be read
         from; ``None`` (the default) does not measure it.
