@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import typing as t
 import weakref
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+Attempt = t.Literal["use", "skip", "probe"]
 
 logger = logging.getLogger("async_scoped_session_ext.replicas")
 
@@ -58,19 +61,20 @@ class ReplicaHealth:
         """Whether the replica was found unreachable and has not answered since."""
         return self.down_until is not None
 
-    def may_try(self, now: float, backoff: float) -> bool:
-        """Whether a session may connect to the replica now.
-
-        While the back-off runs, no; when it expires, the caller is the one session that
-        tries again (the others keep skipping it for another back-off).
+    def may_try(self, now: float, backoff: float) -> Attempt:
+        """Whether a session may connect to the replica now: ``"use"`` it (it is up),
+        ``"skip"`` it (the back-off runs), or ``"probe"`` it (the back-off expired: the
+        caller is the one session that tries again; the others skip it for another
+        back-off). Only a probe that connects brings the replica back (:meth:`mark_up`):
+        a session that passed this check before the outage began proves nothing.
         """
         with self._lock:
             if self.down_until is None:
-                return True
+                return "use"
             if now < self.down_until:
-                return False
-            self.down_until = now + backoff  # this caller probes; the others wait
-            return True
+                return "skip"
+            self.down_until = now + backoff
+            return "probe"
 
     def mark_down(self, error: BaseException, backoff: float) -> None:
         """The replica could not be reached: skip it for *backoff* seconds."""
@@ -88,9 +92,7 @@ class ReplicaHealth:
             )
 
     def mark_up(self) -> None:
-        """The replica answered: reads may use it again."""
-        if self.down_until is None:  # the usual case, without taking the lock
-            return
+        """A probe connected: reads may use the replica again."""
         with self._lock:
             was_down, self.down_until = self.down_until is not None, None
         if was_down:

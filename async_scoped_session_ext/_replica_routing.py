@@ -71,11 +71,13 @@ def choose_replica(
 def _connect(session: ReplicaSession, replica: Engine) -> Connection | None:
     """*session*'s connection to *replica*, or ``None`` if it is down or lags too much."""
     health = health_of(replica)
-    if not health.may_try(time.monotonic(), session.backoff):
+    attempt = health.may_try(time.monotonic(), session.backoff)
+    if attempt == "skip":
         return None
     try:
         connection = session.connection(bind_arguments={"bind": replica})
-        health.mark_up()
+        if attempt == "probe":
+            health.mark_up()
         max_lag = session.max_lag
         if max_lag is None or health.lag_within(connection, max_lag, session.lag_check_interval):
             return connection

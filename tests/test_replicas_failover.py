@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 import typing as t
 
 import pytest
@@ -62,6 +63,7 @@ class Load:
         self.on_standby: list[bool] = []
         self.stopped_at: int | None = None  # how many reads were done when it stopped
         self.done = threading.Event()
+        self.errors: list[str] = []  # the tracebacks of the failed reads
 
     def record(self, status: int, body: t.Any) -> None:
         with self.lock:
@@ -76,7 +78,9 @@ class Load:
     def check(self, caplog: pytest.LogCaptureFixture) -> None:
         """No read failed, reads went to the primary once it stopped, one warning."""
         failed = [status for status in self.statuses if status != 200]
-        assert failed == [], f"{len(failed)} of {len(self.statuses)} reads failed"
+        assert failed == [], f"{len(failed)} of {len(self.statuses)} reads failed:\n" + "\n".join(
+            self.errors[:2]
+        )
         assert len(self.statuses) >= BEFORE + AFTER
         assert self.on_standby[:10] == [True] * 10  # before: the standby
         assert self.on_standby[-AFTER // 2 :] == [False] * (AFTER // 2)  # after: the primary
@@ -107,13 +111,19 @@ def test_flask_reads_survive_the_standby_stopping(
     """Flask: the standby stops under four reading threads; no read fails; it comes back."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     app = make_app(kind, pair, backoff=BACKOFF)
+    app.config["PROPAGATE_EXCEPTIONS"] = True  # a failed read's traceback, for the report
     load = Load()
 
     def client_loop() -> None:
         client = app.test_client()
         while not load.done.is_set():
-            response = client.get("/where")
-            load.record(response.status_code, response.json)
+            try:
+                response = client.get("/where")
+            except Exception:
+                load.errors.append(traceback.format_exc())
+                load.record(500, None)
+            else:
+                load.record(response.status_code, response.json)
 
     threads = [threading.Thread(target=client_loop) for _ in range(CLIENTS)]
     try:
