@@ -278,3 +278,29 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_a_replica_that_does_not_answer_times_out_to_the_primary(
+    pair: StreamingPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg: a replica that accepts but never answers times out; the read gets the primary."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with socket.socket() as silent:  # connections queue in its backlog, never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        primary = create_async_engine(pair.url("primary", "asyncpg"))
+        replica = create_async_engine(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres",
+            connect_args={"timeout": 0.5},
+        )
+        factory = async_replica_sessionmaker(primary, replica, backoff=60)
+        try:
+            for _ in range(3):  # the first times out, the others skip it (back-off)
+                async with factory() as session:
+                    assert await session.scalar(WHERE) is False
+            messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+            assert len(messages) == 1 and "TimeoutError" in messages[0], messages
+        finally:
+            await primary.dispose()
+            await replica.dispose()
