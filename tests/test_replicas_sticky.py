@@ -14,20 +14,29 @@ import asyncio
 import collections.abc as cabc
 import threading
 import typing as t
+from pathlib import Path
 
 import pytest
+from flask import Flask
+from sqlalchemy import create_engine, func, select
 
-from async_scoped_session_ext.replicas import StickyPrimary
+from async_scoped_session_ext import current_session, flask_scoped_session
+from async_scoped_session_ext.replicas import StickyPrimary, replica_sessionmaker
 
-from .support.environment import needs_quart
+from .support.environment import HAS_QUART, needs_quart
 from .support.standby import StreamingPair
 from .support.streaming_apps import (
+    Note,
+    StreamBase,
     checked_out,
     dispose_async,
     dispose_sync,
     make_app,
     notes_table,
 )
+
+if HAS_QUART:
+    from quart import Quart
 
 ITERATIONS = 300
 
@@ -153,3 +162,87 @@ def test_only_a_cookie_the_app_signed_pins(pair: StreamingPair) -> None:
             sticky.pinned(app, cookie)
     finally:
         dispose_sync(app)
+
+
+def test_committed_write_counts_only_committed_writes(tmp_path: Path) -> None:
+    """committed_write: set by a commit after a write; not by reads, nor a rolled-back write."""
+    primary = create_engine(f"sqlite:///{tmp_path / 'primary.db'}")
+    replica = create_engine(f"sqlite:///{tmp_path / 'replica.db'}")
+    for engine in (primary, replica):
+        StreamBase.metadata.create_all(engine)
+    try:
+        with replica_sessionmaker(primary, replica)() as session:
+            session.scalars(select(Note)).all()
+            session.commit()
+            assert not session.committed_write  # a read-only commit
+            session.add(Note(name="rolled back"))
+            session.flush()
+            session.rollback()
+            session.commit()
+            assert not session.committed_write  # the write was rolled back
+            session.add(Note(name="kept"))
+            session.commit()
+            assert session.committed_write
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+
+def test_a_commit_by_commit_on_success_sets_the_cookie(pair: StreamingPair) -> None:
+    """commit_on_success=True commits after the view: the cookie is still set, and pins."""
+    primary = create_engine(pair.url("primary"))
+    standby = create_engine(pair.url("standby"))
+    app = Flask(__name__)
+    app.secret_key = "streaming tests"
+    scoped = flask_scoped_session(
+        replica_sessionmaker(primary, standby), app, commit_on_success=True
+    )
+    StickyPrimary(scoped, app, seconds=5)
+
+    @app.post("/notes")
+    def write() -> str:
+        current_session.add(Note(name="committed after the view"))
+        return "added"
+
+    @app.get("/where")
+    def where() -> dict[str, t.Any]:
+        return {"standby": current_session.scalar(select(func.pg_is_in_recovery()))}
+
+    client = app.test_client()
+    try:
+        assert "Set-Cookie" not in client.get("/where").headers
+        assert "asse_primary=" in client.post("/notes").headers["Set-Cookie"]
+        assert client.get("/where").json == {"standby": False}  # pinned to the primary
+        assert app.test_client().get("/where").json == {"standby": True}  # another client
+    finally:
+        primary.dispose()
+        standby.dispose()
+
+
+@needs_quart
+async def test_quart_with_a_sync_session_pins_too(pair: StreamingPair) -> None:
+    """Quart with flask_scoped_session: the cookie pins; the session is marked in a thread."""
+    primary = create_engine(pair.url("primary"))
+    standby = create_engine(pair.url("standby"))
+    app = Quart(__name__)
+    app.secret_key = "streaming tests"
+    StickyPrimary(flask_scoped_session(replica_sessionmaker(primary, standby), app), app)
+
+    @app.post("/notes")
+    def write() -> str:
+        current_session.add(Note(name="from a sync view"))
+        current_session.commit()
+        return "added"
+
+    @app.get("/where")
+    def where() -> dict[str, t.Any]:
+        return {"standby": current_session.scalar(select(func.pg_is_in_recovery()))}
+
+    client = app.test_client()
+    try:
+        assert await (await client.get("/where")).get_json() == {"standby": True}
+        assert "asse_primary=" in (await client.post("/notes")).headers["Set-Cookie"]
+        assert await (await client.get("/where")).get_json() == {"standby": False}
+    finally:
+        primary.dispose()
+        standby.dispose()
