@@ -14,7 +14,6 @@ import contextlib
 import typing as t
 
 from flask import Flask, request
-from flask.sansio.app import App
 from sqlalchemy import String, create_engine, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -29,6 +28,9 @@ from async_scoped_session_ext.replicas import (
 
 from .environment import HAS_QUART
 from .standby import StreamingPair
+
+if t.TYPE_CHECKING:
+    from flask.sansio.app import App  # Flask >= 3.0: only for the type
 
 if HAS_QUART:
     from quart import Quart
