@@ -39,7 +39,8 @@ def engines_of(factory: object) -> list[AnyEngine]:
     """Every engine the session *factory* can reach, each once.
 
     Its ``bind``, the values of its ``binds``, and any engine among its other keyword
-    arguments (those of a custom Session class, such as ``ReplicaSession``'s ``replica``).
+    arguments (those of a custom Session class, such as ``ReplicaSession``'s ``replica``,
+    one engine or a list of them).
     The sync core of an async engine (what an ``AsyncSession``'s sync session class is
     given) is returned as an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` around it.
     """
@@ -48,13 +49,20 @@ def engines_of(factory: object) -> list[AnyEngine]:
         return []
     found: dict[int, AnyEngine] = {}  # by the sync core: an engine and its proxy are one
     for value in options.values():
-        for candidate in value.values() if isinstance(value, t.Mapping) else (value,):
+        for candidate in _values(value):
             if isinstance(candidate, AsyncEngine):
                 found[id(candidate.sync_engine)] = candidate
             elif isinstance(candidate, Engine) and id(candidate) not in found:
                 is_async_core = candidate.dialect.is_async
                 found[id(candidate)] = AsyncEngine(candidate) if is_async_core else candidate
     return list(found.values())
+
+
+def _values(option: object) -> t.Iterable[object]:
+    """A keyword argument's possible engines: a mapping's values, a list's items, or itself."""
+    if isinstance(option, t.Mapping):
+        return option.values()
+    return option if isinstance(option, list | tuple) else (option,)
 
 
 def adopt(factory: object, owners: t.Iterable[AppEngines]) -> None:

@@ -58,6 +58,8 @@ def engines_of_kind(factories: dict[t.Any, AnyFactory], kind: type[_E]) -> list[
 
 
 def _is(engine: AnyEngine, other: object) -> bool:
+    if isinstance(other, list | tuple):  # several replicas
+        return any(_is(engine, each) for each in other)
     return isinstance(other, Engine | AsyncEngine) and _core(engine) is _core(other)
 
 

@@ -21,26 +21,39 @@ from the primary before writing::
     select(User).execution_options(use_primary=True)  # one statement
     session.info["use_primary"] = True                  # the rest of the session's life
 
-Replication lag is the database's business: the replica may not have a row the primary
-committed a moment ago.
+Several replicas (``replica=[a, b]``) share the reads. A replica that fails is skipped,
+in the same statement, for another or the primary, and for ``backoff`` seconds by the
+whole process (``_replica_health``); ``max_lag`` skips a lagging one. For a client's own
+writes across requests, see :class:`StickyPrimary`.
 """
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import typing as t
 
-from sqlalchemy import CompoundSelect, Connection, Engine, Select
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from ._replica_health import UNREACHABLE, health_of
+from ._replica_routing import NO_PRIMARY, NO_REPLICA, choose_replica, forced, lost, plain_read
 from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from ._sticky import USE_PRIMARY, StickyPrimary
 
 if t.TYPE_CHECKING:
     from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["ReplicaSession", "async_replica_sessionmaker", "replica_sessionmaker"]
+__all__ = [
+    "ReplicaSession",
+    "StickyPrimary",
+    "async_replica_sessionmaker",
+    "replica_sessionmaker",
+]
 
-USE_PRIMARY = "use_primary"
-"""The execution option, and the ``session.info`` key, that send reads to the primary."""
+#: Seconds a replica that could not be reached is skipped before it is tried again.
+DEFAULT_BACKOFF = 5.0
+#: Seconds between two measurements of a replica's lag (with ``max_lag``).
+DEFAULT_LAG_CHECK_INTERVAL = 1.0
 
 
 class ReplicaSession(Session):
@@ -62,18 +75,63 @@ class ReplicaSession(Session):
     ``close()``, ``reset()`` and ``invalidate()`` (and the ``AsyncSession`` methods that
     call them) end the session's writes: its next plain reads go to *replica* again.
 
-    :param replica: the replica's engine (a sync :class:`~sqlalchemy.engine.Engine`).
+    Each transaction picks its replica on its first read, and connects to it then. When
+    that fails (a connection error or timeout), the read goes to another healthy
+    replica, or to the primary, in the same statement, and every session of the process
+    skips that replica for *backoff* seconds; then one session tries it again. A read
+    that fails on a replica connection the transaction holds rolls the transaction back
+    (it wrote nothing) and runs again on the primary, unless the session has unflushed
+    changes. With *max_lag*, a replica whose lag (``pg_last_xact_replay_timestamp()``,
+    PostgreSQL) exceeds it is skipped likewise.
+
+    :param replica: the replica's engine (a sync :class:`~sqlalchemy.engine.Engine`), or
+        a sequence of them: each transaction reads from one of the healthy ones, at random.
+    :param backoff: seconds an unreachable replica is skipped before it is tried again.
+    :param max_lag: the most replication lag, in seconds, a replica may have to be read
+        from; ``None`` (the default) does not measure it.
+    :param lag_check_interval: seconds between two measurements of a replica's lag.
     """
 
-    def __init__(self, *args: t.Any, replica: Engine, **kw: t.Any) -> None:
+    def __init__(
+        self,
+        *args: t.Any,
+        replica: Engine | Connection | cabc.Sequence[Engine],
+        backoff: float = DEFAULT_BACKOFF,
+        max_lag: float | None = None,
+        lag_check_interval: float = DEFAULT_LAG_CHECK_INTERVAL,
+        **kw: t.Any,
+    ) -> None:
         super().__init__(*args, **kw)
-        self.replica: Engine = replica
+        replicas = tuple(replica) if isinstance(replica, cabc.Sequence) else (replica,)
+        if not replicas:
+            raise TypeError(NO_REPLICA)
+        #: The replicas (engines; a connection in tests), in the order given.
+        self.replicas: tuple[Engine | Connection, ...] = replicas
+        #: The first replica (the only one, unless a sequence was given).
+        self.replica: Engine | Connection = replicas[0]
+        self.backoff = backoff
+        self.max_lag = max_lag
+        self.lag_check_interval = lag_check_interval
         #: Whether the session has used the primary for anything but a forced read; then
         #: everything bound to the primary goes to the primary until the session is closed,
         #: reset or invalidated.
         self.wrote: bool = False
+        #: Whether the current transaction wrote (DML, a flush, textual SQL): a commit
+        #: then sets :attr:`committed_write`.
+        self.writing: bool = False
+        #: Whether the session has committed a write since it was made (the sticky
+        #: primary's cookie is set on such a response).
+        self.committed_write: bool = False
+        #: Where the current transaction reads: a replica, or ``None`` (the primary: no
+        #: replica would do); chosen on its first read (``_read_transaction``).
+        self._reading: Engine | Connection | None = None
+        self._read_transaction: object = None
+        #: The session's connection to ``_reading``, and whether the statement being
+        #: executed was sent to it (a failure then retries it on the primary).
+        self._replica_connection: Connection | None = None
+        self._sent_to_replica = self._primary_next = False
         if self.bind is None and kw.get("binds"):
-            raise TypeError(_NO_PRIMARY)
+            raise TypeError(NO_PRIMARY)
 
     def get_bind(
         self, mapper: t.Any = None, *, clause: ClauseElement | None = None, **kw: t.Any
@@ -81,21 +139,84 @@ class ReplicaSession(Session):
         """The replica for a plain read of the primary; otherwise the usual bind."""
         bind = super().get_bind(mapper, clause=clause, **kw)
         if self.bind is None:  # binds added after the session was made, or bind= given
-            raise TypeError(_NO_PRIMARY)
+            raise TypeError(NO_PRIMARY)
         if bind.engine is not self.bind.engine:
             return bind  # another database: as plain SQLAlchemy routes it
         if self._reads_from_replica(clause):
-            return self.replica
-        if not _forced(clause):
+            replica = self._replica()
+            return bind if replica is None else replica
+        if not forced(clause):
             self.wrote = True
+            self.writing = self.writing or not plain_read(clause) or self._flushing
         return bind
+
+    def _replica(self) -> Engine | Connection | None:
+        """The replica the transaction reads from (chosen on its first read), or ``None``."""
+        transaction = self.get_transaction()
+        if transaction is None or transaction is not self._read_transaction:
+            if self._primary_next:  # the transaction after a failed replica read
+                self._reading = self._replica_connection = None
+            else:
+                self._reading, self._replica_connection = choose_replica(self, self.replicas)
+            self._read_transaction = self.get_transaction()
+            self._primary_next = self._primary_next and self._read_transaction is None
+        self._sent_to_replica = self._reading is not None
+        return self._reading
+
+    # A read the replica fails (it went away mid-statement, or cancelled it for a conflict
+    # with recovery) runs again on the primary. AsyncSession, get() and lazy loads call these.
+
+    def execute(self, *args: t.Any, **kw: t.Any) -> t.Any:
+        """Execute a statement (:meth:`Session.execute`); a failed replica read retries on
+        the primary."""
+        return self._with_failover(super().execute, *args, **kw)
+
+    def scalar(self, *args: t.Any, **kw: t.Any) -> t.Any:
+        """:meth:`Session.scalar`; a failed replica read retries on the primary."""
+        return self._with_failover(super().scalar, *args, **kw)
+
+    def scalars(self, *args: t.Any, **kw: t.Any) -> t.Any:
+        """:meth:`Session.scalars`; a failed replica read retries on the primary."""
+        return self._with_failover(super().scalars, *args, **kw)
+
+    def _with_failover(self, call: t.Callable[..., t.Any], *args: t.Any, **kw: t.Any) -> t.Any:
+        self._sent_to_replica = False
+        try:
+            return call(*args, **kw)
+        except UNREACHABLE as error:
+            replica = self._reading
+            if not self._sent_to_replica or not isinstance(replica, Engine):
+                raise
+            if not self._fail_over(replica, error):
+                raise
+        return call(*args, **kw)
+
+    def _fail_over(self, replica: Engine, error: BaseException) -> bool:
+        """Roll back the transaction that failed on *replica*, for a retry on the primary.
+
+        Only a transaction that has nothing to lose: it wrote nothing (its reads would have
+        gone to the primary) and has no unflushed changes. Its objects are expired, and
+        reload from the primary. Whether it could.
+        """
+        if self.new or self.dirty or self.deleted:
+            return False
+        connection = self._replica_connection
+        if connection is None or connection.invalidated or lost(error):
+            health_of(replica).mark_down(error, self.backoff)
+        # SQLAlchemy would commit the dead connection's transaction with the session's:
+        # end them both now. A rollback skips a connection that was invalidated.
+        self.rollback()
+        self._primary_next = True
+        return True
 
     def _reads_from_replica(self, clause: ClauseElement | None) -> bool:
         if self.wrote or self._flushing or self.info.get(USE_PRIMARY):
             return False
-        if not isinstance(clause, Select | CompoundSelect) or _forced(clause):
-            return False
-        return getattr(clause, "_for_update_arg", None) is None  # FOR UPDATE locks: primary
+        return plain_read(clause) and not forced(clause)
+
+    def _end_writes(self) -> None:
+        self.wrote = self.writing = self._primary_next = False
+        self._reading = self._replica_connection = self._read_transaction = None
 
     # Session.close(), reset() and invalidate() share a private _close_impl(); the public
     # methods are overridden instead, each one ending the session's writes.
@@ -105,57 +226,61 @@ class ReplicaSession(Session):
         try:
             super().close()
         finally:
-            self.wrote = False
+            self._end_writes()
 
     def reset(self) -> None:
         """Reset the session (SQLAlchemy 2.0.22+); its next statements read from the replica."""
         try:
             super().reset()
         finally:
-            self.wrote = False
+            self._end_writes()
 
     def invalidate(self) -> None:
         """Close the session, invalidating its connections; reads go to the replica again."""
         try:
             super().invalidate()
         finally:
-            self.wrote = False
+            self._end_writes()
 
 
-_NO_PRIMARY = (
-    "ReplicaSession has no 'bind', so it does not know which of its databases the replica"
-    " replicates, and would send no read to the replica. Bind it to that database, beside"
-    " any 'binds': sessionmaker(primary_engine, class_=ReplicaSession, binds=...,"
-    " replica=replica_engine), or replica_sessionmaker(primary_engine, replica_engine,"
-    " binds=...)."
-)
+@event.listens_for(ReplicaSession, "after_commit")
+def _after_commit(session: Session) -> None:
+    if isinstance(session, ReplicaSession) and session.writing:
+        session.committed_write = True
+        session.writing = False
 
 
-def _forced(clause: ClauseElement | None) -> bool:
-    """Whether *clause* asks for the primary with ``execution_options(use_primary=True)``."""
-    options = getattr(clause, "get_execution_options", None)
-    return bool(options is not None and options().get(USE_PRIMARY))
+@event.listens_for(ReplicaSession, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    if isinstance(session, ReplicaSession):
+        session.writing = False
 
 
 def replica_sessionmaker(
-    primary: Engine, replica: Engine, **kw: t.Any
+    primary: Engine, replica: Engine | cabc.Sequence[Engine], **kw: t.Any
 ) -> sessionmaker[ReplicaSession]:
     """A ``sessionmaker`` of :class:`ReplicaSession` bound to *primary*, reading from *replica*.
 
-    Keyword arguments go to :class:`~sqlalchemy.orm.sessionmaker`.
+    *replica* is one engine or a sequence of them. Keyword arguments go to
+    :class:`~sqlalchemy.orm.sessionmaker`, and from it to :class:`ReplicaSession`
+    (``backoff=``, ``max_lag=``, ``lag_check_interval=``).
     """
     return sessionmaker(primary, class_=ReplicaSession, replica=replica, **kw)
 
 
 def async_replica_sessionmaker(
-    primary: AsyncEngine, replica: AsyncEngine, **kw: t.Any
+    primary: AsyncEngine, replica: AsyncEngine | cabc.Sequence[AsyncEngine], **kw: t.Any
 ) -> async_sessionmaker[AsyncSession]:
     """An ``async_sessionmaker`` whose sessions wrap a :class:`ReplicaSession`.
 
     ``get_bind()`` runs on the wrapped sync session, so it is given the engines'
-    ``sync_engine``. Keyword arguments go to
-    :class:`~sqlalchemy.ext.asyncio.async_sessionmaker`.
+    ``sync_engine`` (its connection to a replica, and the failover, run in the same
+    greenlet as the statement). Keyword arguments go to
+    :class:`~sqlalchemy.ext.asyncio.async_sessionmaker`, and from it to
+    :class:`ReplicaSession`.
     """
-    return async_sessionmaker(
-        primary, sync_session_class=ReplicaSession, replica=replica.sync_engine, **kw
-    )
+    if isinstance(replica, AsyncEngine):
+        replicas: Engine | list[Engine] = replica.sync_engine
+    else:
+        replicas = [engine.sync_engine for engine in replica]
+    return async_sessionmaker(primary, sync_session_class=ReplicaSession, replica=replicas, **kw)

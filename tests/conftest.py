@@ -20,6 +20,7 @@ from async_scoped_session_ext._context import ContextRegistry
 
 from .support.databases import ASYNC_BACKENDS, SYNC_BACKENDS, database_url, drop_created_databases
 from .support.models import Base
+from .support.standby import streaming_pair  # noqa: F401 - session-scoped: one pair per run
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
