@@ -58,7 +58,7 @@ from .faultproxy import FaultProxy
 
 TIMEOUT = 10.0  # seconds one HTTP request, pool checkout or connect may take
 SETTLE = 5.0  # seconds the app may take to clean up after a fault
-#: Seconds a whole test may take. Under coverage's tracing (``nox -s coverage``) the sweeps
+#: Seconds a whole test may take. Under coverage's tracing (``nox -s tests``) the sweeps
 #: take several times longer: measured, the cancel-on-every-iteration sweep of
 #: test_faults_cancellation ran 47-52 s there (1 s without), and hit the 40 s bound 3 runs
 #: in 5, on this session's code and the last session's alike.
