@@ -203,6 +203,11 @@ class ReplicaSession(Session):
         connection = self._replica_connection
         if connection is None or connection.invalidated or lost(error):
             health_of(replica).mark_down(error, self.backoff)
+        if connection is not None and not connection.invalidated:
+            # Never handed back to the pool as it is: asyncpg 0.29 leaves a connection cut
+            # mid-query "in another operation", and its rollback then fails (2 connections
+            # stayed checked out in compat(oldest)). Invalidated, the rollback skips it.
+            connection.invalidate(error)
         # SQLAlchemy would commit the dead connection's transaction with the session's:
         # end them both now. A rollback skips a connection that was invalidated.
         self.rollback()
