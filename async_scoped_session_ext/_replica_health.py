@@ -16,6 +16,7 @@ their sync core in greenlets of one loop; both reach the same code.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import typing as t
@@ -32,7 +33,20 @@ logger = logging.getLogger("async_scoped_session_ext.replicas")
 #: What a failed connection to a replica raises: a DBAPI error (refused, starting up,
 #: authentication), the pool's timeout, or the driver's own socket error (asyncpg raises
 #: ``ConnectionRefusedError`` and ``TimeoutError`` unwrapped).
-UNREACHABLE: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, OSError)
+_UNREACHABLE: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, OSError)
+
+
+def unreachable() -> tuple[type[BaseException], ...]:
+    """The errors that say a replica cannot serve a read now (for an ``except`` clause).
+
+    SQLAlchemy's, and asyncpg's own: SQLAlchemy before 2.0.5x raises asyncpg's connect
+    errors unwrapped (``CannotConnectNowError`` from a standby that is shutting down).
+    """
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return _UNREACHABLE
+    return (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 #: PostgreSQL's replication lag in seconds; 0 when the standby has replayed all it received
 #: (an idle primary sends nothing, and the last replayed commit then only looks old).

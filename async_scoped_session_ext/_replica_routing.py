@@ -12,7 +12,7 @@ import typing as t
 from sqlalchemy import CompoundSelect, Connection, Engine, Select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from ._replica_health import UNREACHABLE, health_of
+from ._replica_health import health_of, unreachable
 from ._sticky import USE_PRIMARY
 
 if t.TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _connect(session: ReplicaSession, replica: Engine) -> Connection | None:
         max_lag = session.max_lag
         if max_lag is None or health.lag_within(connection, max_lag, session.lag_check_interval):
             return connection
-    except UNREACHABLE as error:
+    except unreachable() as error:
         health.mark_down(error, session.backoff)
     return None
 

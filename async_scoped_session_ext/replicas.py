@@ -35,7 +35,7 @@ import typing as t
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from ._replica_health import UNREACHABLE, health_of
+from ._replica_health import health_of, unreachable
 from ._replica_routing import NO_PRIMARY, NO_REPLICA, choose_replica, forced, lost, plain_read
 from ._sa_asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ._sticky import USE_PRIMARY, StickyPrimary
@@ -183,7 +183,7 @@ class ReplicaSession(Session):
         self._sent_to_replica = False
         try:
             return call(*args, **kw)
-        except UNREACHABLE as error:
+        except unreachable() as error:
             replica = self._reading
             if not self._sent_to_replica or not isinstance(replica, Engine):
                 raise
