@@ -17,7 +17,7 @@ from ._frameworks import current_app_context
 from ._misuse import check_factory, check_new_scope
 from ._models import split_models
 from ._shell import shell_context
-from .record_queries import RECORD_QUERIES_KEY, _watch
+from .record_queries import _watch_if_recording
 
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
@@ -163,10 +163,9 @@ class ScopedBase(t.Generic[_F, _Session]):
         self._check_access()
         session = self.session_factory(**kw)
         ctx = current_app_context()  # as check_new_scope does for the scoped sessions
-        if ctx is not None and ctx.app.config.get(RECORD_QUERIES_KEY, False):
-            state = get_state(ctx.app)
-            if state is not None and self in state.members:
-                _watch(self, state)
+        state = get_state(ctx.app) if ctx is not None else None
+        if ctx is not None and state is not None and self in state.members:
+            _watch_if_recording(self, ctx.app, state)
         with self._fresh_lock:
             self.fresh_open += 1
         return session

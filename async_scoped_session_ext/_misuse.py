@@ -12,7 +12,7 @@ from ._app import EXTENSION_KEY, NOT_INITIALISED, get_state
 from ._frameworks import current_app_context
 from ._runner import runner
 from ._sa_asyncio import AsyncEngine, async_sessionmaker
-from .record_queries import RECORD_QUERIES_KEY, _watch
+from .record_queries import _watch_if_recording
 
 if t.TYPE_CHECKING:
     from ._app import AppState
@@ -58,8 +58,7 @@ def check_new_scope(scoped: ScopedLike, ctx: AppContextLike) -> None:
     state: AppState | None = ctx.app.extensions.get(EXTENSION_KEY)
     if state is None or scoped not in state.members:
         raise RuntimeError(NOT_INITIALISED.format(kind=type(scoped).__name__, app=ctx.app))
-    if ctx.app.config.get(RECORD_QUERIES_KEY, False):  # off: this look-up is all it costs
-        _watch(scoped, state)
+    _watch_if_recording(scoped, ctx.app, state)
 
 
 def _current_app() -> t.Any:

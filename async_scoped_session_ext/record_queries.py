@@ -96,6 +96,12 @@ _listening = threading.Lock()
 _STARTED = "_async_scoped_session_ext_started"
 
 
+def _watch_if_recording(scoped: ScopedLike, app: t.Any, state: AppState) -> None:
+    """:func:`_watch` *scoped*'s engines if *app* records queries (one look-up if not)."""
+    if app.config.get(RECORD_QUERIES_KEY, False):
+        _watch(scoped, state)
+
+
 def _watch(scoped: ScopedLike, state: AppState) -> None:
     """Listen to every engine *scoped*'s sessions use in the app of *state* (recording is on).
 
