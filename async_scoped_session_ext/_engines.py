@@ -21,6 +21,7 @@ from sqlalchemy.orm import sessionmaker
 from ._changes import track_changes
 from ._config import create_configured_engine
 from ._connect import connect_outside_context
+from ._disconnects import count_as_disconnects
 from ._runner import runner
 from ._sa_asyncio import AsyncEngine, async_sessionmaker
 from ._types import AnyEngine, AnyFactory
@@ -82,11 +83,13 @@ def take_charge(engine: AnyEngine) -> None:
 
     A forked child opens its own connections for it; an async engine opens its connections
     outside the caller's context variables, so a pooled connection never keeps a request's
-    app context (or its ``g``) alive.
+    app context (or its ``g``) alive, and invalidates a connection whose driver protocol
+    broke (``_disconnects``).
     """
     if isinstance(engine, AsyncEngine):
         _known_engines.add(engine.sync_engine)
         connect_outside_context(engine)
+        count_as_disconnects(engine)
     else:
         _known_engines.add(engine)
 

@@ -26,6 +26,8 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ._disconnects import protocol_errors
+
 Attempt = t.Literal["use", "skip", "probe"]
 
 logger = logging.getLogger("async_scoped_session_ext.replicas")
@@ -39,13 +41,14 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, O
 def unreachable() -> tuple[type[BaseException], ...]:
     """The errors that say a replica cannot serve a read now (for an ``except`` clause).
 
-    SQLAlchemy's, and asyncpg's own: SQLAlchemy before 2.0.5x raises asyncpg's connect
-    errors unwrapped (``CannotConnectNowError`` from a standby that is shutting down).
+    SQLAlchemy's, and asyncpg's own: SQLAlchemy before 2.0.50 raises some of asyncpg's
+    errors unwrapped (``CannotConnectNowError`` from a standby that is shutting down, and
+    the ``InternalClientError`` of a connection it cut: ``_disconnects``).
     """
     asyncpg = sys.modules.get("asyncpg")
     if asyncpg is None:
         return _UNREACHABLE
-    return (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError)
+    return (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError, *protocol_errors())
 
 
 #: PostgreSQL's replication lag in seconds; 0 when the standby has replayed all it received

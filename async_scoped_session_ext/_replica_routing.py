@@ -12,6 +12,7 @@ import typing as t
 from sqlalchemy import CompoundSelect, Connection, Engine, Select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from ._disconnects import broken_protocol
 from ._replica_health import health_of, unreachable
 from ._sticky import USE_PRIMARY
 
@@ -75,7 +76,7 @@ def _connect(session: ReplicaSession, replica: Engine) -> Connection | None:
     if attempt == "skip":
         return None
     try:
-        connection = session.connection(bind_arguments={"bind": replica})
+        connection = _checkout(session, replica)
         if attempt == "probe":
             health.mark_up()
         max_lag = session.max_lag
@@ -86,8 +87,29 @@ def _connect(session: ReplicaSession, replica: Engine) -> Connection | None:
     return None
 
 
+#: Pooled connections found broken that one checkout passes over before it gives up.
+STALE_CHECKOUTS = 8
+
+
+def _checkout(session: ReplicaSession, replica: Engine) -> Connection:
+    """*session*'s connection to *replica*, passing over pooled ones found broken.
+
+    SQLAlchemy before 2.0.50 lets asyncpg's ``InternalClientError`` out of the pool's
+    pre-ping, from a pooled connection whose backend ended, after dropping that connection
+    (later versions reconnect: ``_disconnects``). The next pooled connection, or a new
+    one, is tried instead: only a connection that cannot be made says the replica is down.
+    """
+    for _ in range(STALE_CHECKOUTS):
+        try:
+            return session.connection(bind_arguments={"bind": replica})
+        except Exception as error:
+            if not broken_protocol(error):
+                raise
+    return session.connection(bind_arguments={"bind": replica})
+
+
 def lost(error: BaseException) -> bool:
     """Whether *error* says the connection to the server was lost (not a query's fault)."""
-    return isinstance(error, OperationalError | InterfaceError | OSError) or bool(
-        getattr(error, "connection_invalidated", False)
-    )
+    if isinstance(error, OperationalError | InterfaceError | OSError) or broken_protocol(error):
+        return True
+    return bool(getattr(error, "connection_invalidated", False))

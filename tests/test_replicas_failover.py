@@ -104,6 +104,7 @@ def report(kind: str, load: Load, seconds: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.standby
 @pytest.mark.parametrize("kind", ["flask", "flask-async"])
 def test_flask_reads_survive_the_standby_stopping(
     kind: str, pair: StreamingPair, caplog: pytest.LogCaptureFixture
@@ -151,6 +152,7 @@ def test_flask_reads_survive_the_standby_stopping(
 
 
 @pytest.mark.slow
+@pytest.mark.standby
 @needs_quart
 async def test_quart_reads_survive_the_standby_stopping(
     pair: StreamingPair, caplog: pytest.LogCaptureFixture

@@ -12,6 +12,7 @@ from any thread (they wait until the proxy's loop has applied them)::
         proxy.resume()                 # held data is forwarded
         proxy.cut()                    # every open connection is reset (RST)
         proxy.refuse(True)             # new connections are accepted and reset at once
+        proxy.hold_close(1.0)          # a server's close reaches the client 1 s after its data
 
 Memory is bounded: each direction of a connection holds at most one chunk of 64 KiB while it
 is delayed or stalled, plus what its stream reader buffers before it stops reading (about
@@ -99,6 +100,7 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._delays: dict[str, float] = {"to_server": 0.0, "to_client": 0.0}
         self._refusing = False
+        self._close_hold = 0.0
         self._flowing: asyncio.Event | None = None  # created on the proxy's loop
 
     # --- lifecycle -------------------------------------------------------------------
@@ -214,6 +216,17 @@ class FaultProxy:
         """While *refusing*, accept new connections and reset them at once (a down server)."""
         self._control(lambda: setattr(self, "_refusing", refusing))
 
+    def hold_close(self, seconds: float) -> None:
+        """Forward a server's last data at once, but its close only *seconds* later (0: none).
+
+        Stretches the instant between a backend's last message (``FATAL: terminating
+        connection``) and the end of its connection, which a client otherwise sees within
+        microseconds: the client has read the message and its connection is still open.
+        """
+        if seconds < 0:
+            raise ValueError("a hold cannot be negative")
+        self._control(lambda: setattr(self, "_close_hold", seconds))
+
     def _require_flowing(self) -> asyncio.Event:
         if self._flowing is None:
             raise RuntimeError("the FaultProxy is not started")
@@ -258,7 +271,9 @@ class FaultProxy:
             ]
             try:
                 # Either side ending (EOF, reset, error) ends the connection.
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                if pumps[1] in done and self._close_hold > 0:  # the server ended it
+                    await asyncio.sleep(self._close_hold)
             finally:
                 for pump in pumps:
                     pump.cancel()
