@@ -190,8 +190,13 @@ async def close_all(taken: list[tuple[ScopedLike, t.Any]]) -> None:
 
 def log_failure(scoped: ScopedLike) -> None:
     logger.exception(
-        "Closing the session of %r failed during app-context teardown. The session was"
+        "Closing the session of %s failed during app-context teardown. The session was"
         " already taken out of the registry; SQLAlchemy invalidates a connection it cannot"
         " return cleanly. The remaining teardown steps still run.",
-        scoped,
+        describe_scoped(scoped),
     )
+
+
+def describe_scoped(scoped: ScopedLike) -> str:
+    """*scoped* as the teardown's messages name it: ``the async scoped session 'default'``."""
+    return f"the {'async' if scoped.is_async else 'sync'} scoped session {scoped.name!r}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing as t
 
-from ._close import log_failure, logger
+from ._close import describe_scoped, log_failure, logger
 from ._context import ContextRecord, ensure_record, mark_torn_down
 from ._origin import describe
 
@@ -63,13 +63,11 @@ def has_changes(session: t.Any) -> bool:
 
 
 def _warn_uncommitted(ctx: AppContextLike, scoped: ScopedLike, session: t.Any) -> None:
-    kind = "async" if scoped.is_async else "sync"
     logger.warning(
-        "The session of the %s scoped session %r, in %s, is torn down with changes that"
-        " were never committed (%d new, %d changed, %d deleted objects); they are discarded."
-        " Call commit() before it ends, or expunge() what you do not mean to save.",
-        kind,
-        scoped.name,
+        "The session of %s, in %s, is torn down with changes that were never committed"
+        " (%d new, %d changed, %d deleted objects); they are discarded. Call commit()"
+        " before it ends, or expunge() what you do not mean to save.",
+        describe_scoped(scoped),
         describe(ctx),
         len(session.new),
         len(session.dirty),

@@ -282,7 +282,9 @@ def assert_failure_logged(caplog: pytest.LogCaptureFixture, scoped: t.Any) -> No
     [failure] = library_records(caplog, logging.WARNING)
     assert failure.levelno == logging.ERROR
     message = failure.getMessage()
-    assert f"Closing the session of {scoped!r} failed during app-context teardown" in message
+    kind = "async" if scoped.is_async else "sync"
+    what = f"the {kind} scoped session {scoped.name!r}"
+    assert f"Closing the session of {what} failed during app-context teardown" in message
     assert "The remaining teardown steps still run" in message
     assert failure.exc_info is not None
     error = failure.exc_info[1]
