@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ._app import ensure_state, register, unregister, use_shared_loop
 from ._async import async_scoped_session
+from ._changes import track_changes
 from ._close import logger
 from ._disposal import LoopDisposals
 from ._engines import take_charge
@@ -96,7 +97,8 @@ class EngineRegistry:
     :param is_async: make ``AsyncEngine`` / ``async_scoped_session`` instead of sync ones.
     :param max_engines: how many engines may exist at once, not counting busy evicted ones.
     :param engine_options: keyword arguments for ``create_engine`` / ``create_async_engine``.
-    :param session_options: keyword arguments for the session factory.
+    :param session_options: keyword arguments for the session factory; an async one
+        defaults to ``expire_on_commit=False``, as a factory made from the config does.
     :param app: an app to initialise, as with :meth:`init_app`.
     """
 
@@ -148,6 +150,7 @@ class EngineRegistry:
     def _attach(self, entry: _Entry, app: App) -> None:
         """Scope *entry*'s sessions to *app*, never as its default or a named session."""
         state = register(app, entry.scoped, named=False)
+        track_changes(app, entry.scoped.session_factory)  # the model signals, if opted in
         if isinstance(entry.engine, AsyncEngine) and not state.is_quart:
             runner.dispose_at_exit(entry.engine)
 
@@ -190,9 +193,8 @@ class EngineRegistry:
         scoped: AnyScoped
         if self.is_async:
             engine = create_async_engine(url, **self._engine_options)
-            scoped = async_scoped_session(
-                async_sessionmaker(engine, **self._session_options), name=label
-            )
+            options = {"expire_on_commit": False, **self._session_options}  # as from config
+            scoped = async_scoped_session(async_sessionmaker(engine, **options), name=label)
         else:
             engine = create_engine(url, **self._engine_options)
             scoped = flask_scoped_session(sessionmaker(engine, **self._session_options), name=label)

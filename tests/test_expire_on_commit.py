@@ -1,4 +1,5 @@
-"""Async session factories made from the config default to ``expire_on_commit=False``."""
+"""Async session factories made from the config, or by an async ``EngineRegistry``, default to
+``expire_on_commit=False``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import pytest
 from flask import Flask
 from sqlalchemy import inspect
 
-from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
+from async_scoped_session_ext import (
+    EngineRegistry,
+    async_scoped_session,
+    current_session,
+    flask_scoped_session,
+)
 
 from .support import config_apps
 from .support.engines import disposing, fresh_tables
@@ -84,3 +90,36 @@ def test_sync_factory_keeps_sqlalchemy_default(tmp_path: t.Any) -> None:
             current_session.commit()
             assert inspect(todo).expired
             assert todo.id == 1  # reloaded on access
+
+
+def registry_app(url: str, options: dict[str, t.Any] | None) -> tuple[Flask, EngineRegistry]:
+    """A Flask app whose async view adds a row through an async ``EngineRegistry``."""
+    app = Flask(__name__)
+    registry = EngineRegistry(lambda key: url, is_async=True, session_options=options, app=app)
+
+    @app.post("/todos")
+    async def add() -> dict[str, object]:
+        session = registry["one"]
+        todo = Todo(title="new")
+        session.add(todo)
+        await session.commit()
+        if inspect(todo).expired:  # no lazy load: it would raise MissingGreenlet
+            return {"expired": True}
+        return {"expired": False, "id": todo.id}
+
+    return app, registry
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"), [(None, {"expired": False, "id": 1}), (RESTORED, {"expired": True})]
+)
+def test_async_engine_registry_defaults_like_the_config(
+    async_url: str, options: dict[str, t.Any] | None, expected: dict[str, object]
+) -> None:
+    """An async ``EngineRegistry``'s sessions keep committed objects loaded by default, as
+    the config's do; its ``session_options`` restore SQLAlchemy's default."""
+    app, registry = registry_app(async_url, options)
+    try:
+        assert app.test_client().post("/todos").json == expected
+    finally:
+        registry.close()

@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from async_scoped_session_ext import flask_scoped_session
+from async_scoped_session_ext import EngineRegistry, flask_scoped_session
 from async_scoped_session_ext.signals import before_models_committed, models_committed
 
 from .support import committing
@@ -224,3 +224,26 @@ def test_sent_under_isolate(engine: Engine, receive: t.Callable[[t.Any], Receive
     assert received.after == [["insert"]]
     with engine.connect() as conn:
         assert conn.scalars(select(Note.title)).all() == []  # rolled back by isolate
+
+
+def test_engine_registry_sessions_send(
+    engine: Engine, receive: t.Callable[[t.Any], Received]
+) -> None:
+    """The sessions of an ``EngineRegistry`` initialised on an app that opted in send the
+    signals in that app, and in no other app the registry serves."""
+    app = Flask(__name__)
+    app.config.update(TRACK)
+    other = Flask("other")
+    registry = EngineRegistry(lambda key: engine.url, app=app)
+    registry.init_app(other)
+    received, other_received = receive(app), receive(other)
+    try:
+        for each, title in ((app, "tracked"), (other, "other app")):
+            with each.app_context():
+                registry["one"].add(Note(title=title))
+                registry["one"].commit()
+    finally:
+        registry.close()
+    assert received.before == [[("insert", "tracked")]]
+    assert received.after == [["insert"]]
+    assert other_received.before == other_received.after == []
