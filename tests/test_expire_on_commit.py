@@ -100,6 +100,7 @@ def registry_app(url: str, options: dict[str, t.Any] | None) -> tuple[Flask, Eng
     @app.post("/todos")
     async def add() -> dict[str, object]:
         session = registry["one"]
+        assert isinstance(session, async_scoped_session)
         todo = Todo(title="new")
         session.add(todo)
         await session.commit()

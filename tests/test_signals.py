@@ -246,4 +246,5 @@ def test_engine_registry_sessions_send(
         registry.close()
     assert received.before == [[("insert", "tracked")]]
     assert received.after == [["insert"]]
-    assert other_received.before == other_received.after == []
+    assert other_received.before == []
+    assert other_received.after == []
