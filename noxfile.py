@@ -370,7 +370,24 @@ def _unreleased_wheels(session: nox.Session, names: list[str]) -> list[str]:
 @nox.parametrize("cell", list(COMPAT_CELLS), ids=list(COMPAT_CELLS))
 def compat(session: nox.Session, cell: str) -> None:
     """Run the tests on the oldest and newest Flask, Werkzeug, Quart, SQLAlchemy; on Flask main."""
-    spec = COMPAT_CELLS[cell]
+    _compat_run(session, COMPAT_CELLS[cell])
+
+
+#: The Pythons the classifiers name besides the one the other sessions use (3.11).
+NEWER_PYTHONS = ["3.12", "3.13"]
+
+
+@nox.session(python=NEWER_PYTHONS, default=False)
+def python(session: nox.Session) -> None:
+    """Run the tests (as the compat cells do) on the newest releases, on a newer Python.
+
+    Needs ``python3.12`` / ``python3.13`` on the PATH (pyenv: ``PYENV_VERSION`` naming them,
+    as .ci/run sets it).
+    """
+    _compat_run(session, COMPAT_CELLS["newest"])
+
+
+def _compat_run(session: nox.Session, spec: CompatCell) -> None:
     wheels = _unreleased_wheels(session, spec.wheels) if spec.wheels else []
     extras = ",".join(extra for extra in COMPAT_EXTRAS if extra not in spec.without)
     if spec.import_only:  # first: the test tools then upgrade these

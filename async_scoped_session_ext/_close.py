@@ -49,6 +49,21 @@ async def complete(future: asyncio.Future[_T]) -> _T:
     return future.result()
 
 
+def defer_cancellation(cancelled: asyncio.CancelledError) -> None:
+    """Deliver *cancelled* at the current task's next suspension instead of raising it now.
+
+    For a framework that would wrap a cancellation raised in its teardown (Quart 0.23):
+    the task is cancelled again, with its count of pending cancellations unchanged (so that
+    an ``asyncio.timeout()`` around it still turns it into a ``TimeoutError``); a task that
+    finishes without suspending again still ends cancelled.
+    """
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - a teardown always runs in a task
+        raise cancelled
+    task.uncancel()
+    task.cancel(*cancelled.args)
+
+
 async def close_to_completion(
     session: AsyncSession, timeout: float, busy: asyncio.Task[t.Any] | None = None
 ) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import sys
 import typing as t
 
-from ._close import close_all, close_sync_then_async, complete
+from ._close import close_all, close_sync_then_async, complete, defer_cancellation
 from ._context import ensure_record
 from ._runner import runner
 from ._teardown import end_context, remove_then_take
@@ -125,7 +125,17 @@ class QuartFramework:
             got_websocket_exception,
         )
 
+        collects_errors = _collects_teardown_errors()
+
         async def teardown(sender: App, exc: BaseException | None = None, **kw: object) -> None:
+            try:
+                await close_context(exc)
+            except asyncio.CancelledError as cancelled:  # the client hung up meanwhile
+                if not collects_errors:
+                    raise
+                defer_cancellation(cancelled)  # not into Quart 0.23's group of errors
+
+        async def close_context(exc: BaseException | None) -> None:
             ctx = current_app_context()  # Quart runs its teardowns in the ending context
             if ctx is None:  # pragma: no cover - Quart always does
                 return
@@ -163,3 +173,16 @@ def is_quart_app(app: App) -> bool:
 def framework_of(app: App) -> Framework:
     """The adapter for *app*."""
     return QuartFramework() if is_quart_app(app) else FlaskFramework()
+
+
+def _collects_teardown_errors() -> bool:
+    """Whether Quart's ``AppContext.pop()`` collects what its teardown raises into a group.
+
+    Quart 0.23 (Python 3.13+; one context class, as Flask 3.2) runs every teardown step,
+    then raises ``BaseExceptionGroup("Errors during context teardown", [...])``: a request's
+    cancellation raised there would end its task failed with that group instead of
+    cancelled (its test client raises it). Earlier Quarts let it through as it is.
+    """
+    import quart.ctx
+
+    return "RequestContext" not in vars(quart.ctx)

@@ -5,7 +5,8 @@ app context's teardown runs, Flask 3.1 and Quart have already reset their reques
 variable, so ``has_request_context()`` is false there. The request is found instead as the
 ``self`` of the request (or websocket) context whose ``pop()`` is tearing the app context
 down, up the caller's stack (coroutines awaited by that ``pop()`` included). Flask 3.2
-merges the two contexts, and its app context says itself (``has_request``).
+and Quart 0.23 merge the contexts, and their app context says itself (``has_request``,
+``has_websocket``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ _WEBSOCKET_CLASS = ("quart.ctx", "WebsocketContext")
 def describe(ctx: object) -> str:
     """Say what *ctx*, an app context being torn down, served: ``"the request to endpoint
     'add'"``, ``"the CLI command 'flask seed'"`` or ``"a plain app context ..."``."""
-    if getattr(ctx, "has_request", False):  # Flask 3.2: one context for both
+    if getattr(ctx, "has_request", False):  # Flask 3.2, Quart 0.23: one context for all
         return _request_text(t.cast(t.Any, ctx).request, "request")
+    if getattr(ctx, "has_websocket", False):  # Quart 0.23
+        return _request_text(t.cast(t.Any, ctx).websocket, "websocket")
     found = _popping_request_context()
     if found is not None:
         context, kind = found

@@ -24,12 +24,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from async_scoped_session_ext import EngineRegistry, async_scoped_session
-from async_scoped_session_ext._close import _GRACE
+from async_scoped_session_ext._close import _GRACE, defer_cancellation
 
 from .support import faultproxy
 from .support.databases import connect_admin, postgres_url, require_postgres
 from .support.environment import HAS_QUART, needs_quart
 from .support.faultproxy import FaultProxy
+from .support.quart_groups import ended_cancelled
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart
@@ -133,7 +134,7 @@ def test_loop_shutdown_cancelling_the_close_terminates_the_connection(
         proxy.delay(0)
 
         [task] = requests
-        assert task.cancelled(), "the teardown swallowed the shutdown's cancellation"
+        assert ended_cancelled(task), "the teardown swallowed the shutdown's cancellation"
         assert took < ASYNCPG_GRACEFUL_CLOSE + 1.0, f"the shutdown took {took:.2f} s"
         assert len(scoped.registry) == 0
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
@@ -190,7 +191,7 @@ async def test_close_failing_under_a_hang_up_is_logged_then_the_cancellation_rai
             await asyncio.wait({task})
         proxy.delay(0)
 
-        assert task.cancelled(), "the hang-up's cancellation was swallowed"
+        assert ended_cancelled(task), "the hang-up's cancellation was swallowed"
         [failure] = library_records(caplog, logging.WARNING)
         assert failure.levelno == logging.ERROR
         message = failure.getMessage()
@@ -382,3 +383,48 @@ async def test_session_without_a_connection_is_closed_at_once_even_when_cancelle
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await engine.dispose()
+
+
+# --- a cancellation deferred past a framework's teardown (Quart 0.23) ---------------------------
+
+
+@pytest.mark.parametrize("suspends_again", [True, False])
+async def test_a_deferred_cancellation_still_cancels_the_task(suspends_again: bool) -> None:
+    """``defer_cancellation()`` re-delivers a caught cancellation at the task's next
+    suspension; a task that ends without suspending again still ends cancelled."""
+    reached: list[str] = []
+
+    async def teardown_then_more() -> None:
+        try:
+            await asyncio.sleep(10)  # cancelled here, as a teardown's close would be
+        except asyncio.CancelledError as cancelled:
+            defer_cancellation(cancelled)
+        reached.append("after the teardown")
+        if suspends_again:
+            await asyncio.sleep(0)
+            reached.append("never")
+
+    task = asyncio.create_task(teardown_then_more())
+    await asyncio.sleep(0)
+    task.cancel("hung up")
+    await asyncio.wait({task})
+    assert task.cancelled()
+    assert reached == ["after the teardown"]
+
+
+async def test_a_deferred_cancellation_keeps_a_timeout_a_timeout() -> None:
+    """An ``asyncio.timeout()`` that cancelled the teardown still raises ``TimeoutError``:
+    the deferral leaves the task's count of cancellations as it was."""
+
+    async def teardown() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError as cancelled:
+            defer_cancellation(cancelled)
+        await asyncio.sleep(0)
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await teardown()
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0

@@ -159,3 +159,25 @@ async def test_quart_signals_sent_outside_a_context_are_ignored() -> None:
     await got_request_exception.send_async(app, _sync_wrapper=app.ensure_async, exception=error)  # type: ignore[arg-type]
     async with app.app_context() as ctx:  # a context pushed afterwards is not marked
         assert record_of(ctx) is None
+
+
+@needs_quart
+async def test_quart_teardown_error_collection_is_detected() -> None:
+    """``_frameworks._collects_teardown_errors()`` (the library defers a cancellation raised
+    in its teardown where it is true) says whether this Quart's ``AppContext.pop()`` wraps
+    what a teardown raises in a ``BaseExceptionGroup`` (Quart 0.23) or lets it through."""
+    from quart import Quart
+
+    from async_scoped_session_ext._frameworks import _collects_teardown_errors
+
+    app = Quart(__name__)
+
+    @app.teardown_appcontext
+    async def fail(exc: BaseException | None) -> None:
+        raise ValueError("from a teardown")
+
+    with pytest.raises(BaseException) as raised:  # noqa: PT011 - which kind is the question
+        async with app.app_context():
+            pass
+    assert isinstance(raised.value, BaseExceptionGroup) is _collects_teardown_errors()
+    assert "from a teardown" in repr(raised.value)

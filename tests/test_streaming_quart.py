@@ -22,7 +22,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 from async_scoped_session_ext import async_scoped_session, current_session
 from async_scoped_session_ext._frameworks import current_app_context
 
-from .support import contexts
+from .support import contexts, quart_groups
 from .support.contexts import TIMEOUT, QuartSetup, count_todos_async
 from .support.environment import HAS_QUART, needs_quart
 from .support.models import Todo
@@ -158,7 +158,7 @@ async def test_plain_generator_body_has_no_app_context_test_client(
 
     # The error escapes from the body after the response was started: the test client
     # re-raises it (there is no error response to make any more).
-    with pytest.raises(RuntimeError, match="Working outside of application context"):
+    with quart_groups.raises(RuntimeError, match="Working outside of application context"):
         await app.test_client().get("/")
     assert len(quart_setup.teardowns.calls) == 1  # only the view's context existed
     assert quart_setup.clean()
@@ -223,7 +223,7 @@ async def test_quart_streamed_orm_objects(
 
     client = app.test_client()
     if expire_on_commit:
-        with pytest.raises(DetachedInstanceError):
+        with quart_groups.raises(DetachedInstanceError):
             await client.get("/")
     else:
         assert await (await client.get("/")).get_data(as_text=True) == "title: streamed"
