@@ -61,7 +61,7 @@ def defer_cancellation(cancelled: asyncio.CancelledError) -> None:
     if task is None:  # pragma: no cover - a teardown always runs in a task
         raise cancelled
     task.uncancel()
-    task.cancel(*cancelled.args)
+    task.cancel(cancelled.args[0] if cancelled.args else None)
 
 
 async def close_to_completion(
