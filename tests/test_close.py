@@ -30,7 +30,6 @@ from .support import faultproxy
 from .support.databases import connect_admin, postgres_url, require_postgres
 from .support.environment import HAS_QUART, needs_quart
 from .support.faultproxy import FaultProxy
-from .support.quart_groups import ended_cancelled
 
 if HAS_QUART:  # Flask 2.3's compat cell has none; its tests are skipped there
     from quart import Quart
@@ -134,7 +133,7 @@ def test_loop_shutdown_cancelling_the_close_terminates_the_connection(
         proxy.delay(0)
 
         [task] = requests
-        assert ended_cancelled(task), "the teardown swallowed the shutdown's cancellation"
+        assert task.cancelled(), "the teardown swallowed the shutdown's cancellation"
         assert took < ASYNCPG_GRACEFUL_CLOSE + 1.0, f"the shutdown took {took:.2f} s"
         assert len(scoped.registry) == 0
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
@@ -191,7 +190,7 @@ async def test_close_failing_under_a_hang_up_is_logged_then_the_cancellation_rai
             await asyncio.wait({task})
         proxy.delay(0)
 
-        assert ended_cancelled(task), "the hang-up's cancellation was swallowed"
+        assert task.cancelled(), "the hang-up's cancellation was swallowed"
         [failure] = library_records(caplog, logging.WARNING)
         assert failure.levelno == logging.ERROR
         message = failure.getMessage()

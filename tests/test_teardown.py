@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from async_scoped_session_ext import async_scoped_session, current_session, flask_scoped_session
 
-from .support import quart_groups
 from .support.databases import database_url, engine_on_shared_loop
 from .support.environment import HAS_QUART, needs_quart
 from .support.models import Todo
@@ -204,7 +203,7 @@ async def test_quart_request_cancelled_during_a_sync_close_still_closes_async_se
         while not closing.is_set():
             await asyncio.sleep(0.005)
         popping.cancel()  # as a client hanging up during the teardown would
-        with quart_groups.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError):
             await popping
 
     assert len(sync_scoped.registry) == 0 and len(async_scoped.registry) == 0

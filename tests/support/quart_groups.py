@@ -1,17 +1,15 @@
-"""Quart 0.23 (Python 3.13+) raises what its contexts and test client meet as exception groups.
+"""Quart 0.23 (Python 3.13+) raises what its test client meets as an exception group.
 
-Its ``AppContext.pop()`` runs every teardown step, collects what they raise and raises
-``BaseExceptionGroup("Errors during context teardown", [...])``, a request task's
-cancellation included (the task then ends with the group, not cancelled); its test client
-runs the app in a ``TaskGroup``, so an error from a view or a streamed body arrives as an
-``ExceptionGroup`` of one. Earlier Quarts raise the error itself. The tests check the one
-error inside, whichever the Quart; ``QUART_MERGED_CONTEXTS`` says which Quart this is (0.23
-merged the request and websocket contexts into the app context, as Flask 3.2 does).
+Its test client runs the app in a ``TaskGroup``, so an error from a view or a streamed body
+arrives as an ``ExceptionGroup`` of one; earlier Quarts raise the error itself. (Its
+``AppContext.pop()`` also collects what teardown steps raise into a ``BaseExceptionGroup``:
+the library keeps a cancellation out of that one, see ``_frameworks``.) The tests check the
+one error inside, whichever the Quart; ``QUART_MERGED_CONTEXTS`` says which Quart this is
+(0.23 merged the request and websocket contexts into the app context, as Flask 3.2 does).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections.abc as cabc
 import contextlib
 import importlib
@@ -36,15 +34,6 @@ def sole(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error
-
-
-def ended_cancelled(task: asyncio.Task[object]) -> bool:
-    """Whether *task* ended by its cancellation: cancelled, or (Quart 0.23) failed with a
-    group whose only error is the ``CancelledError``."""
-    if task.cancelled():
-        return True
-    error = task.exception()
-    return error is not None and isinstance(sole(error), asyncio.CancelledError)
 
 
 @contextlib.contextmanager
