@@ -32,7 +32,7 @@ import uuid
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, make_url, select, text
+from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from async_scoped_session_ext import async_scoped_session
@@ -189,6 +189,70 @@ async def test_a_pooled_replica_connection_whose_backend_ended_is_not_an_outage(
             assert (await response.get_data(as_text=True)) == f"asse-replica-{tag}", request
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert warnings == []
+        assert checked_out(primary) == checked_out(replica) == 0
+    finally:
+        await primary.dispose()
+        await replica.dispose()
+
+
+class BrokenCheckouts:
+    """A pool ``checkout`` listener that fails the next *count* checkouts with asyncpg's
+    ``InternalClientError``, as SQLAlchemy < 2.0.50's pre-ping does for a pooled connection
+    whose backend ended: the pool invalidates the connection and raises the error as it is.
+    On every SQLAlchemy, so that the replica's passing over them is tested on each."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.failed = 0
+
+    def __call__(self, *args: object) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.failed += 1
+            raise importlib.import_module("asyncpg").InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            )
+
+
+@needs_quart
+@pytest.mark.parametrize("broken", [3, 100])
+async def test_a_replica_read_passes_over_broken_pooled_connections(
+    broken: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A few broken pooled connections are passed over: the read stays on the replica. A
+    replica whose every checkout fails so is taken for down after ``STALE_CHECKOUTS + 1``
+    tries: the read goes to the primary, with the outage's one warning."""
+    from quart import Quart
+
+    from async_scoped_session_ext._replica_routing import STALE_CHECKOUTS
+
+    caplog.set_level(logging.INFO, logger=REPLICAS)
+    tag = uuid.uuid4().hex[:8]
+    url = postgres_url("asyncpg")
+    primary, replica = (
+        create_async_engine(url, connect_args={"server_settings": {"application_name": name}})
+        for name in (f"asse-primary-{tag}", f"asse-replica-{tag}")
+    )
+    checkouts = BrokenCheckouts(broken)
+    event.listen(replica.sync_engine.pool, "checkout", checkouts)
+    app = Quart(__name__)
+    scoped = async_scoped_session(async_replica_sessionmaker(primary, replica), app)
+
+    @app.get("/where")
+    async def where() -> str:
+        return str(await scoped.scalar(select(func.current_setting("application_name"))))
+
+    try:
+        response = await app.test_client().get("/where")
+        assert response.status_code == 200
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        if broken <= STALE_CHECKOUTS:
+            assert await response.get_data(as_text=True) == f"asse-replica-{tag}"
+            assert (checkouts.failed, warnings) == (broken, [])
+        else:
+            assert await response.get_data(as_text=True) == f"asse-primary-{tag}"
+            assert checkouts.failed == STALE_CHECKOUTS + 1
+            assert len(warnings) == 1 and "InternalClientError" in warnings[0], warnings
         assert checked_out(primary) == checked_out(replica) == 0
     finally:
         await primary.dispose()
