@@ -24,6 +24,7 @@ from ._connect import connect_outside_context
 from ._disconnects import count_as_disconnects
 from ._runner import runner
 from ._sa_asyncio import AsyncEngine, async_sessionmaker
+from ._sqlite_commit import end_failed_commits
 from ._types import AnyEngine, AnyFactory
 
 if t.TYPE_CHECKING:
@@ -84,14 +85,17 @@ def take_charge(engine: AnyEngine) -> None:
     A forked child opens its own connections for it; an async engine opens its connections
     outside the caller's context variables, so a pooled connection never keeps a request's
     app context (or its ``g``) alive, and invalidates a connection whose driver protocol
-    broke (``_disconnects``).
+    broke (``_disconnects``). A SQLite connection whose ``COMMIT`` failed is rolled back
+    (``_sqlite_commit``).
     """
     if isinstance(engine, AsyncEngine):
         _known_engines.add(engine.sync_engine)
         connect_outside_context(engine)
         count_as_disconnects(engine)
+        end_failed_commits(engine.sync_engine)
     else:
         _known_engines.add(engine)
+        end_failed_commits(engine)
 
 
 # The parent's pools, kept alive in a forked child: a driver's finaliser must never run on a

@@ -53,6 +53,20 @@ def test_failing_commit_answers_500(make_harness: MakeHarness, kind: str) -> Non
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_view_whose_own_commit_fails_leaves_nothing_behind(
+    make_harness: MakeHarness, kind: str
+) -> None:
+    """Without commit on success: the view's commit fails at COMMIT (a 500), and the next
+    request, on the same pooled connection, commits as if nothing had happened. SQLite keeps
+    a transaction open when its COMMIT fails, and SQLAlchemy returned that connection to the
+    pool inside it: the next commit failed on the same foreign key (sqlite, aiosqlite)."""
+    harness = make_harness(kind)
+    assert harness.get("/fail/commit") == 500
+    assert harness.get("/add/kept/commit") == 200
+    assert harness.titles() == ["kept"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_off_by_default(make_harness: MakeHarness, kind: str) -> None:
     """Without commit_on_success a successful view's uncommitted writes are rolled back."""
     harness = make_harness(kind)

@@ -188,7 +188,8 @@ def make_harness(tmp_path: Path) -> cabc.Iterator[t.Callable[..., Harness]]:
 
 def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
     """The views: ``/add/<title>/<how>``, ``/update/<old>/<new>``, ``/delete/<title>``,
-    ``/fail`` (a commit that fails) and ``/none`` (no session)."""
+    ``/fail`` (a commit that fails, by commit on success), ``/fail/commit`` (the view's own
+    commit fails) and ``/none`` (no session)."""
 
     def finish(how: str, title: str) -> t.Any:
         """The view's answer after it added a note titled *title*: as *how* says."""
@@ -248,6 +249,12 @@ def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
             scoped.flush()  # passes: the foreign key is checked at COMMIT
             return "ok"
 
+        @route("/fail/commit")
+        def fail_commit() -> str:
+            fail()
+            scoped.commit()  # raises: a 500
+            return "unreachable"
+
     else:
 
         @route("/add/<title>/<how>")
@@ -278,6 +285,12 @@ def add_views(app: t.Any, scoped: t.Any, *, is_async: bool) -> None:
             scoped.add(Child(note_id=999_999))
             await scoped.flush()
             return "ok"
+
+        @route("/fail/commit")
+        async def fail_commit_async() -> str:
+            await fail_async()
+            await scoped.commit()  # raises: a 500
+            return "unreachable"
 
     @route("/none")
     def nothing() -> str:
