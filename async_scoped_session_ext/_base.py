@@ -110,7 +110,8 @@ class ScopedBase(t.Generic[_F, _Session]):
         adopt(self._session_factory, self._owners)
         track_changes(app, self._session_factory)  # the model signals, if the app opted in
         if self.commit_on_success:
-            commit_on_success(app, self.registry)
+            registries = (self.registry,)
+            commit_on_success(app, lambda: registries)
         self._init_app(app, state)
 
     def configure(self, **kwargs: t.Any) -> None:

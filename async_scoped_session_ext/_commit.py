@@ -34,19 +34,27 @@ class _Response(t.Protocol):
 _R = t.TypeVar("_R", bound=_Response)
 
 
-def commit_on_success(app: App, registry: ContextRegistry[t.Any]) -> None:
-    """Commit the session *registry* holds for the context after each successful request."""
+def commit_on_success(
+    app: App, registries: t.Callable[[], t.Iterable[ContextRegistry[t.Any]]]
+) -> None:
+    """Commit the sessions the context holds in *registries()* after each successful request.
+
+    *registries* is called after each request: a scoped session's one registry, or those of
+    an ``EngineRegistry``'s current engines (one hook for all of them, however many come
+    and go).
+    """
     if is_quart_app(app):
         quart_app = t.cast("Quart", app)
 
         async def commit_after_quart(response: _R) -> _R:
-            session = session_to_commit(registry, response)
-            if session is not None:
-                try:
-                    await quart_app.ensure_async(session.commit)()
-                except BaseException:
-                    await quart_app.ensure_async(session.invalidate)()
-                    raise
+            for registry in registries():
+                session = session_to_commit(registry, response)
+                if session is not None:
+                    try:
+                        await quart_app.ensure_async(session.commit)()
+                    except BaseException:
+                        await quart_app.ensure_async(session.invalidate)()
+                        raise
             return response
 
         quart_app.after_request(commit_after_quart)
@@ -57,13 +65,14 @@ def commit_on_success(app: App, registry: ContextRegistry[t.Any]) -> None:
     flask_app = t.cast("Flask", app)
 
     def commit_after(response: _R) -> _R:
-        session = session_to_commit(registry, response)
-        if session is not None:
-            try:
-                flask_app.ensure_sync(session.commit)()
-            except BaseException:
-                flask_app.ensure_sync(session.invalidate)()
-                raise
+        for registry in registries():
+            session = session_to_commit(registry, response)
+            if session is not None:
+                try:
+                    flask_app.ensure_sync(session.commit)()
+                except BaseException:
+                    flask_app.ensure_sync(session.invalidate)()
+                    raise
         return response
 
     flask_app.after_request(commit_after)

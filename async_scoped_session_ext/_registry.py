@@ -17,6 +17,7 @@ from ._app import ensure_state, register, unregister, use_shared_loop
 from ._async import async_scoped_session
 from ._changes import track_changes
 from ._close import logger
+from ._commit import commit_on_success
 from ._disposal import LoopDisposals
 from ._engines import take_charge
 from ._frameworks import current_app_context
@@ -27,6 +28,8 @@ from ._sync import flask_scoped_session
 if t.TYPE_CHECKING:
     from flask.sansio.app import App
     from quart import Quart
+
+    from ._context import ContextRegistry
 
 AnyScoped = flask_scoped_session[t.Any] | async_scoped_session[t.Any]
 
@@ -99,6 +102,8 @@ class EngineRegistry:
     :param engine_options: keyword arguments for ``create_engine`` / ``create_async_engine``.
     :param session_options: keyword arguments for the session factory; an async one
         defaults to ``expire_on_commit=False``, as a factory made from the config does.
+    :param commit_on_success: commit the context's sessions of this registry after a view
+        returned a response below 400, as the scoped sessions' option does.
     :param app: an app to initialise, as with :meth:`init_app`.
     """
 
@@ -110,6 +115,7 @@ class EngineRegistry:
         max_engines: int = 8,
         engine_options: t.Mapping[str, t.Any] | None = None,
         session_options: t.Mapping[str, t.Any] | None = None,
+        commit_on_success: bool = False,
         app: App | None = None,
     ) -> None:
         if max_engines < 1:
@@ -119,6 +125,7 @@ class EngineRegistry:
         self.max_engines = max_engines
         self._engine_options = dict(engine_options or {})
         self._session_options = dict(session_options or {})
+        self.commit_on_success = commit_on_success
         self._apps: weakref.WeakSet[App] = weakref.WeakSet()
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._retired: list[_Entry] = []
@@ -146,6 +153,13 @@ class EngineRegistry:
             self._apps.add(app)
             for entry in [*self._entries.values(), *self._retired]:
                 self._attach(entry, app)
+            if self.commit_on_success:  # one hook for the engines to come as well
+                commit_on_success(app, self._registries)
+
+    def _registries(self) -> list[ContextRegistry[t.Any]]:
+        """The context registries of the engines that exist (evicted busy ones included)."""
+        with self._lock:
+            return [entry.scoped.registry for entry in (*self._entries.values(), *self._retired)]
 
     def _attach(self, entry: _Entry, app: App) -> None:
         """Scope *entry*'s sessions to *app*, never as its default or a named session."""
