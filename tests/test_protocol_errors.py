@@ -158,19 +158,11 @@ async def test_the_teardown_invalidates_a_connection_whose_backend_ended(
             runner.run(engine.dispose())
 
 
-@needs_quart
-async def test_a_pooled_replica_connection_whose_backend_ended_is_not_an_outage(
-    proxy: FaultProxy, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The replica's pooled connection loses its backend between requests: the next read
-    still goes to the replica (on a new connection), with no warning, every time."""
+def where_app(primary: AsyncEngine, replica: AsyncEngine) -> Quart:
+    """A Quart app reading from *replica* (primary: *primary*) whose ``/where`` says which
+    database answered (its ``application_name``)."""
     from quart import Quart
 
-    caplog.set_level(logging.INFO, logger=REPLICAS)
-    tag = uuid.uuid4().hex[:8]
-    proxy.hold_close(HOLD)
-    primary = engine_through(proxy, f"asse-primary-{tag}")
-    replica = engine_through(proxy, f"asse-replica-{tag}")
     app = Quart(__name__)
     scoped = async_scoped_session(async_replica_sessionmaker(primary, replica), app)
 
@@ -178,6 +170,22 @@ async def test_a_pooled_replica_connection_whose_backend_ended_is_not_an_outage(
     async def where() -> str:
         return str(await scoped.scalar(select(func.current_setting("application_name"))))
 
+    return app
+
+
+@needs_quart
+async def test_a_pooled_replica_connection_whose_backend_ended_is_not_an_outage(
+    proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica's pooled connection loses its backend between requests: the next read
+    still goes to the replica (on a new connection), with no warning, every time."""
+
+    caplog.set_level(logging.INFO, logger=REPLICAS)
+    tag = uuid.uuid4().hex[:8]
+    proxy.hold_close(HOLD)
+    primary = engine_through(proxy, f"asse-primary-{tag}")
+    replica = engine_through(proxy, f"asse-replica-{tag}")
+    app = where_app(primary, replica)
     try:
         client = app.test_client()
         for request in range(REQUESTS + 1):
@@ -222,7 +230,6 @@ async def test_a_replica_read_passes_over_broken_pooled_connections(
     """A few broken pooled connections are passed over: the read stays on the replica. A
     replica whose every checkout fails so is taken for down after ``STALE_CHECKOUTS + 1``
     tries: the read goes to the primary, with the outage's one warning."""
-    from quart import Quart
 
     from async_scoped_session_ext._replica_routing import STALE_CHECKOUTS
 
@@ -235,13 +242,7 @@ async def test_a_replica_read_passes_over_broken_pooled_connections(
     )
     checkouts = BrokenCheckouts(broken)
     event.listen(replica.sync_engine.pool, "checkout", checkouts)
-    app = Quart(__name__)
-    scoped = async_scoped_session(async_replica_sessionmaker(primary, replica), app)
-
-    @app.get("/where")
-    async def where() -> str:
-        return str(await scoped.scalar(select(func.current_setting("application_name"))))
-
+    app = where_app(primary, replica)
     try:
         response = await app.test_client().get("/where")
         assert response.status_code == 200

@@ -41,24 +41,32 @@ def rows(databases: Tenants) -> dict[str, int]:
     return counts
 
 
+ADD = "/add/<names>/<int:status>"
+
+
+def async_add(registry: EngineRegistry) -> t.Callable[..., t.Awaitable[tuple[str, int]]]:
+    """The async view (Flask async, Quart): add and flush a note for each tenant named."""
+
+    async def add(names: str, status: int) -> tuple[str, int]:
+        for tenant in names.split(","):
+            registry[tenant].add(Note(tenant=tenant))
+            await t.cast(t.Any, registry[tenant]).flush()
+        return "done", status
+
+    return add
+
+
 def flask_app(registry: EngineRegistry) -> Flask:
     """A view that adds (and flushes) a note for each tenant named, then answers *status*."""
     app = Flask(__name__)
     # The app's own session first: see test_flask_app_with_only_a_registry.
     if registry.is_async:
         async_scoped_session(async_sessionmaker(), app)
-
-        @app.get("/add/<names>/<int:status>")
-        async def add_async(names: str, status: int) -> tuple[str, int]:
-            for tenant in names.split(","):
-                registry[tenant].add(Note(tenant=tenant))
-                await t.cast(t.Any, registry[tenant]).flush()
-            return "done", status
-
+        app.add_url_rule(ADD, view_func=async_add(registry))
     else:
         flask_scoped_session(sessionmaker(), app)
 
-        @app.get("/add/<names>/<int:status>")
+        @app.get(ADD)
         def add(names: str, status: int) -> tuple[str, int]:
             for tenant in names.split(","):
                 registry[tenant].add(Note(tenant=tenant))
@@ -76,28 +84,25 @@ def get(app: Flask, path: str) -> int:
 
 def test_flask_sync(sync_tenants: Tenants) -> None:
     """Sync Flask: committed below 400, rolled back from 400, new engines included."""
-    registry = EngineRegistry(sync_tenants.url, max_engines=2, commit_on_success=True)
-    app = flask_app(registry)
-    try:
-        assert [get(app, f"/add/{names}/{status}") for names, status in REQUESTS] == [
-            status for _, status in REQUESTS
-        ]
-        assert rows(sync_tenants) == EXPECTED
-    finally:
-        registry.close()
+    check_flask(sync_tenants, is_async=False)
 
 
 def test_flask_async(async_tenants: Tenants) -> None:
     """Flask async views: the same, on the shared loop."""
+    check_flask(async_tenants, is_async=True)
+
+
+def check_flask(databases: Tenants, *, is_async: bool) -> None:
+    """Send ``REQUESTS`` to a Flask app of a committing registry; check ``EXPECTED``."""
     registry = EngineRegistry(
-        async_tenants.url, is_async=True, max_engines=2, commit_on_success=True
+        databases.url, is_async=is_async, max_engines=2, commit_on_success=True
     )
     app = flask_app(registry)
     try:
         assert [get(app, f"/add/{names}/{status}") for names, status in REQUESTS] == [
             status for _, status in REQUESTS
         ]
-        assert rows(async_tenants) == EXPECTED
+        assert rows(databases) == EXPECTED
     finally:
         registry.close()
 
@@ -112,13 +117,7 @@ async def test_quart(async_tenants: Tenants) -> None:
     )
     app = Quart(__name__)
     registry.init_app(app)
-
-    @app.get("/add/<names>/<int:status>")
-    async def add(names: str, status: int) -> tuple[str, int]:
-        for tenant in names.split(","):
-            registry[tenant].add(Note(tenant=tenant))
-            await t.cast(t.Any, registry[tenant]).flush()
-        return "done", status
+    app.add_url_rule(ADD, view_func=async_add(registry))
 
     async with app.test_app() as test_app:
         client = test_app.test_client()
