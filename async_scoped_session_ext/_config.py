@@ -75,13 +75,25 @@ def create_configured_engine(config: t.Mapping[str, t.Any], name: str, is_async:
     return engine
 
 
+def url_or_none(value: object) -> URL | None:
+    """*value* (a string or a URL) parsed as a URL, or ``None`` when it is not one.
+
+    SQLAlchemy's parse error is dropped, never chained: before 2.0.41 its message quotes the
+    URL, password included. Callers raise their own error, without the value.
+    """
+    if not isinstance(value, str | URL):
+        return None
+    try:
+        return make_url(value)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return None
+
+
 def _parse_url(value: object, where: str) -> URL:
     """*value* as a URL; a value that is not one is reported without echoing it."""
-    try:
-        if isinstance(value, str | URL):
-            return make_url(value)
-    except (ArgumentError, ValueError):
-        pass  # not chained: before SQLAlchemy 2.0.41 the parser's message quotes the URL
+    url = url_or_none(value)
+    if url is not None:
+        return url
     got = "" if isinstance(value, str | URL) else f" (it is a {type(value).__name__})"
     raise RuntimeError(
         f"{where} is not a valid database URL{got}. Write it as"

@@ -22,12 +22,11 @@ import inspect
 import typing as t
 
 import pytest
-from sqlalchemy import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import URL, Engine
 from sqlalchemy.orm import Session
 
 from ._app import get_state
-from ._config import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY
+from ._config import ASYNC_CONFIG_KEY, SYNC_CONFIG_KEY, url_or_none
 from ._frameworks import is_quart_app
 from ._sa_asyncio import AsyncEngine, AsyncSession
 from .testing import Isolation, aisolate, isolate
@@ -169,10 +168,8 @@ def _default_url(config: t.Mapping[str, t.Any], key: str) -> URL | str | None:
         value = value.get("url")
     if not isinstance(value, str | URL):
         return None
-    try:
-        return make_url(value)
-    except (ArgumentError, ValueError):
-        return value  # the engine will report it; compared as written
+    url = url_or_none(value)
+    return value if url is None else url  # an invalid one: the engine will report it
 
 
 def _resolved_default_url(app: App, key: str, is_async: bool) -> URL | str | None:

@@ -24,8 +24,9 @@ import typing as t
 from importlib.metadata import PackageNotFoundError, version
 from uuid import uuid4
 
-from sqlalchemy import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import URL
+
+from ._config import url_or_none
 
 __all__ = ["transaction_mode"]
 
@@ -92,14 +93,9 @@ def transaction_mode(url: str | URL, **engine_options: t.Any) -> dict[str, t.Any
     :raises ValueError: when the URL is not valid or does not name the asyncpg driver, or
         when an option given would undo the preset (a cache size other than 0).
     """
-    if isinstance(url, URL):
-        parsed = url
-    else:
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            # SQLAlchemy's message quotes the URL, password included: do not chain it.
-            raise ValueError("transaction_mode(): the url is not a valid database URL.") from None
+    parsed = url_or_none(url)
+    if parsed is None:
+        raise ValueError("transaction_mode(): the url is not a valid database URL.")
     if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "asyncpg":
         raise ValueError(
             f"transaction_mode() configures SQLAlchemy's asyncpg driver, but the url"

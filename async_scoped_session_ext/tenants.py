@@ -26,8 +26,9 @@ import os
 import re
 import unicodedata
 
-from sqlalchemy import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import URL
+
+from ._config import url_or_none
 
 __all__ = ["DEFAULT_PATTERN", "MAX_KEY_LENGTH", "InvalidTenantKey", "TenantURLs", "tenant_url"]
 
@@ -121,14 +122,9 @@ class TenantURLs:
         database: DatabaseSpec | None = None,
         pattern: str | re.Pattern[str] = DEFAULT_PATTERN,
     ) -> None:
-        if isinstance(template, URL):
-            url = template
-        else:
-            try:
-                url = make_url(template)
-            except ArgumentError:
-                # SQLAlchemy's message quotes the URL, password included: do not chain it.
-                raise ValueError("TenantURLs(): the template is not a valid URL.") from None
+        url = url_or_none(template)
+        if url is None:
+            raise ValueError("TenantURLs(): the template is not a valid URL.")
         #: The parsed template; every tenant's URL is this one with another database.
         self.template: URL = url
         #: What a key must match in full.

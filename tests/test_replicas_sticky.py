@@ -188,6 +188,11 @@ def test_committed_write_counts_only_committed_writes(tmp_path: Path) -> None:
         replica.dispose()
 
 
+def sync_where() -> dict[str, t.Any]:
+    """A sync view: whether the read went to the standby."""
+    return {"standby": current_session.scalar(select(func.pg_is_in_recovery()))}
+
+
 def test_a_commit_by_commit_on_success_sets_the_cookie(pair: StreamingPair) -> None:
     """commit_on_success=True commits after the view: the cookie is still set, and pins."""
     primary = create_engine(pair.url("primary"))
@@ -204,9 +209,7 @@ def test_a_commit_by_commit_on_success_sets_the_cookie(pair: StreamingPair) -> N
         current_session.add(Note(name="committed after the view"))
         return "added"
 
-    @app.get("/where")
-    def where() -> dict[str, t.Any]:
-        return {"standby": current_session.scalar(select(func.pg_is_in_recovery()))}
+    app.add_url_rule("/where", view_func=sync_where)
 
     client = app.test_client()
     try:
@@ -234,9 +237,7 @@ async def test_quart_with_a_sync_session_pins_too(pair: StreamingPair) -> None:
         current_session.commit()
         return "added"
 
-    @app.get("/where")
-    def where() -> dict[str, t.Any]:
-        return {"standby": current_session.scalar(select(func.pg_is_in_recovery()))}
+    app.add_url_rule("/where", view_func=sync_where)
 
     client = app.test_client()
     try:
